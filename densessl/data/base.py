@@ -1,0 +1,36 @@
+"""The contract every image source fulfils, and the errors it raises."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be used: missing folder, no images, unreadable file under policy 'error'."""
+
+
+class CorruptImageError(DataError):
+    """One image could not be decoded."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A list of images addressed by index.
+
+    ``load(i)`` returns an RGB ``uint8`` array of shape (H, W, 3) or raises
+    :class:`CorruptImageError`; it never returns a partially decoded image. ``describe(i)``
+    names the image for messages (a path, or ``synthetic:<index>``).
+    """
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> np.ndarray: ...
+
+    def describe(self, index: int) -> str: ...
