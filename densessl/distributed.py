@@ -1,0 +1,112 @@
+"""Process-group helpers that are exact no-ops in a single process.
+
+Every method calls these instead of ``torch.distributed`` directly, so the same method code
+runs in one plain process, under ``torchrun`` on CPUs (gloo) or on GPUs (NCCL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def init_from_environment() -> torch.device:
+    """Join the process group described by torchrun's environment, if any, and pick a device.
+
+    NCCL is used when CUDA is available, gloo otherwise. Without ``WORLD_SIZE`` > 1 nothing is
+    initialised and the process runs alone.
+    """
+    use_cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0 (rank order), without gradient."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over processes (a copy; the input is left unchanged)."""
+    if not is_distributed():
+        return tensor.clone()
+    out = tensor.clone()
+    dist.all_reduce(out)
+    return out.div_(world_size())
+
+
+@torch.no_grad()
+def shuffle_bn_forward(
+    encoder: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    images: torch.Tensor,
+    generator: torch.Generator,
+    groups: int = 2,
+) -> list[torch.Tensor]:
+    """Encode ``images`` with batch-norm statistics computed over a random split of the batch.
+
+    MoCo's shuffle-BN: the key images of all processes are gathered, permuted (the same
+    permutation on every process, drawn from ``generator``, which must be seeded identically on
+    all of them), each process encodes its slice with its own BN statistics, and the outputs are
+    gathered and un-permuted, so no key sees the batch statistics of its own query.
+
+    Single-process substitute: the permuted batch is cut into ``groups`` equal chunks that are
+    encoded separately, which reproduces exactly what ``groups`` processes would compute for the
+    same global batch and permutation. ``groups=1`` disables shuffling (the information leak
+    MoCo warns about is then present).
+
+    ``encoder`` returns a sequence of tensors whose first dimension is the batch.
+    """
+    local = images.shape[0]
+    gathered = all_gather(images)
+    total = gathered.shape[0]
+    perm = torch.randperm(total, generator=generator).to(images.device)
+    inverse = torch.argsort(perm)
+    shuffled = gathered[perm]
+    if is_distributed():
+        start = rank() * local
+        outputs = [list(encoder(shuffled[start : start + local]))]
+    else:
+        if groups < 1 or total % groups:
+            raise ValueError(f"shuffle-BN needs the batch ({total}) divisible by groups ({groups})")
+        outputs = [list(encoder(chunk)) for chunk in shuffled.chunk(groups)]
+    merged = [torch.cat([out[i] for out in outputs]) for i in range(len(outputs[0]))]
+    result = []
+    for tensor in merged:
+        full = all_gather(tensor)[inverse]
+        result.append(full[rank() * local : (rank() + 1) * local])
+    return result

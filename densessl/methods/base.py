@@ -1,0 +1,85 @@
+"""What every method provides to the trainer, and the registry that finds methods by name.
+
+A method is an ``nn.Module`` built from its own config dataclass and a backbone factory. The
+trainer calls ``forward(views, step)`` and minimises the returned ``"loss"``; every other entry
+of the returned dict is logged. The trainer never names a method: it looks it up here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from densessl.models.backbones import ResNetBackbone
+
+
+@dataclass
+class Views:
+    """One batch of augmented views and their geometry.
+
+    ``images[v]`` is the normalised batch of view ``v`` (B, 3, H, W). ``boxes`` (B, V, 4) holds
+    each crop's (left, top, width, height) in source-image pixels, ``flips`` (B, V) whether it
+    was mirrored, ``image_sizes`` (B, 2) the source (height, width).
+    """
+
+    images: list[torch.Tensor]
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    image_sizes: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """Where training stands, for schedules that live inside a method (teacher momentum).
+
+    ``generator`` is seeded identically on every process for this step (shuffle-BN needs the
+    same permutation everywhere).
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    generator: torch.Generator
+
+
+BackboneFactory = Callable[[], ResNetBackbone]
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name`` and ``config_class`` and implement the three hooks."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    #: how many views the data pipeline must deliver, at least
+    min_views: ClassVar[int] = 2
+
+    def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def export_encoder(self) -> ResNetBackbone:  # pragma: no cover
+        """The backbone handed to downstream tasks (query encoder, or teacher for SlotCon)."""
+        raise NotImplementedError
+
+    #: a short sentence saying which encoder ``export_encoder`` returns
+    export_description: ClassVar[str] = "query encoder"
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(config: Any, backbone_factory: BackboneFactory) -> Method:
+    """Instantiate the method whose ``name`` matches ``config.name``."""
+    cls = METHODS[config.name]
+    return cls(config, backbone_factory)
+

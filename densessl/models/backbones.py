@@ -1,0 +1,86 @@
+"""ResNet backbones that return the last dense map, with torchvision parameter names.
+
+A backbone *is* a torchvision ``ResNet`` without its classifier: its ``state_dict`` keys are
+exactly torchvision's (``conv1``, ``bn1``, ``layerX.Y.convZ``, ``downsample.0/1``) minus ``fc``,
+so exporting it needs no renaming. Two additions serve small images:
+
+- ``small_input``: a 3x3 stride-1 stem and no max-pool, so the output stride is 8 instead of 32
+  (a 64 px image gives an 8x8 map);
+- ``width``: a multiplier on every stage's channel count (0.5 gives 32/64/128/256 for
+  ResNet-18), for CPU-sized experiments. Parameter names stay torchvision's; only shapes change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (tv_resnet.Bottleneck, [3, 4, 23, 3]),
+}
+
+
+class ResNetBackbone(tv_resnet.ResNet):
+    """torchvision ResNet returning the res5 map; ``forward_pooled`` also gives the pooled vector."""
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        *,
+        small_input: bool = False,
+        width: float = 1.0,
+        zero_init_residual: bool = False,
+        norm_layer: Callable[..., nn.Module] | None = None,
+    ) -> None:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown backbone '{arch}'; choose one of {sorted(ARCHITECTURES)}")
+        if width <= 0:
+            raise ValueError(f"backbone width must be positive, got {width}")
+        block, layers = ARCHITECTURES[arch]
+        self._width = width
+        super().__init__(block, layers, zero_init_residual=zero_init_residual, norm_layer=norm_layer)
+        stem = self._scaled(64)
+        if small_input or stem != 64:
+            kernel, stride, padding = (3, 1, 1) if small_input else (7, 2, 3)
+            self.conv1 = nn.Conv2d(3, stem, kernel, stride=stride, padding=padding, bias=False)
+            self.bn1 = self._norm_layer(stem)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if small_input:
+            self.maxpool = nn.Identity()
+        del self.fc
+        self.arch = arch
+        self.small_input = small_input
+        self.out_channels = self._scaled(512) * block.expansion
+        self.stride = 8 if small_input else 32
+
+    def _scaled(self, planes: int) -> int:
+        return max(1, int(round(planes * self._width)))
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[override]
+        # torchvision builds the stages with fixed widths 64..512; scaling here keeps its names.
+        if planes == 64 and self.inplanes == 64:
+            self.inplanes = self._scaled(64)
+        return super()._make_layer(block, self._scaled(planes), blocks, stride, dilate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Return the last dense map (B, C, H/stride, W/stride)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the dense map and its global average (B, C)."""
+        dense = self.forward(x)
+        return dense, torch.flatten(self.avgpool(dense), 1)
+
+
+def build_backbone(
+    arch: str, *, small_input: bool = False, width: float = 1.0, zero_init_residual: bool = False
+) -> ResNetBackbone:
+    """Build a backbone by name (see :data:`ARCHITECTURES`)."""
+    return ResNetBackbone(arch, small_input=small_input, width=width, zero_init_residual=zero_init_residual)

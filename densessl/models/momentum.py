@@ -1,0 +1,49 @@
+"""Momentum (EMA) teachers and their schedules.
+
+Only parameters are averaged; a teacher's BN running statistics are its own, as in every
+reference implementation (PyTorch semantics).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def momentum_copy(student: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``student`` to serve as its EMA teacher."""
+    teacher = copy.deepcopy(student)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameters only."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    if len(t_params) != len(s_params):
+        raise ValueError("teacher and student have different parameter lists")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+def momentum_at(
+    schedule: Literal["constant", "cosine"], base: float, step: int, total_steps: int
+) -> float:
+    """Teacher momentum at iteration ``step``.
+
+    ``constant``: MoCo-v2 / DenseCL / revisited MoCo. ``cosine``: SlotCon and MGC,
+    1 - (1 - base) * (cos(pi * step / total) + 1) / 2, rising from ``base`` to 1.
+    """
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    raise ValueError(f"unknown momentum schedule '{schedule}'")

@@ -1,0 +1,57 @@
+"""The ring buffer of negative keys used by the MoCo family (MoCo-v2, DenseCL, revisited MoCo)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NegativeQueue(nn.Module):
+    """``size`` unit vectors of dimension ``dim``, stored row-wise as (size, dim).
+
+    The references store (dim, size); rows make ``q @ queue.keys.T`` the negative logits. The
+    buffer starts as normalised Gaussian noise, as in MoCo. ``push`` writes the (already
+    gathered) keys at the pointer and wraps around, so the queue length need not be a multiple
+    of the global batch. Keys and pointer are buffers: they are saved with the model and
+    restored on resume.
+    """
+
+    def __init__(self, dim: int, size: int) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"queue size must be positive, got {size}")
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest entries with ``keys`` (N, dim)."""
+        n = keys.shape[0]
+        if n > self.size:
+            keys, n = keys[-self.size :], self.size
+        start = int(self.ptr)
+        index = (torch.arange(n, device=self.keys.device) + start) % self.size
+        # out of place: this step's loss still needs the old entries for its backward pass
+        self.keys = self.keys.index_copy(0, index, keys.detach().to(self.keys.dtype))
+        self.ptr.fill_((start + n) % self.size)
+
+
+def queue_infonce(
+    query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE with one positive per row and a shared set of negatives.
+
+    ``query`` and ``positive`` are (N, D) unit vectors, ``negatives`` (K, D). Logits are
+    [q.k+, q.n_1 .. q.n_K] / T with the positive at index 0; the loss is the mean cross-entropy
+    over the N rows.
+    """
+    pos = (query * positive).sum(dim=1, keepdim=True)
+    neg = query @ negatives.t().to(query.dtype)
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits.float(), target)

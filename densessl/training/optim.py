@@ -1,0 +1,111 @@
+"""Optimisers (SGD, LARS, AdamW), learning-rate schedules and gradient clipping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from densessl.config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as SlotCon uses it (the Barlow Twins variant).
+
+    For a parameter in an adapted group: g <- g + wd * p, then g <- g * eta * ||p|| / ||g|| when
+    both norms are positive; momentum buffer mu <- momentum * mu + g; p <- p - lr * mu. Groups
+    with ``lars_adapt=False`` (1-D parameters: biases, norm affines) skip decay and adaptation.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+    ) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "eta": eta, "lars_adapt": True}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["lars_adapt"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.norm(p), torch.norm(grad)
+                    trust = torch.where(
+                        (p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm, torch.ones_like(p_norm)
+                    )
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(grad)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """The configured optimiser over the trainable parameters of ``model``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if config.name == "lars":
+        if config.lars_exclude_1d:
+            groups = [
+                {"params": [p for p in params if p.ndim > 1]},
+                {"params": [p for p in params if p.ndim <= 1], "lars_adapt": False, "weight_decay": 0.0},
+            ]
+            groups = [g for g in groups if g["params"]]
+        else:
+            groups = [{"params": params}]
+        return LARS(groups, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
+                    eta=config.lars_eta)
+    raise ValueError(f"unknown optimizer '{config.name}'")
+
+
+def lr_at(config: OptimConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning rate for global iteration ``step``.
+
+    Warm-up is linear, from ``lr * warmup_start_factor`` to ``lr`` over ``warmup_epochs``
+    (counted in iterations, or in whole epochs when the schedule is per epoch). The main schedule
+    then runs over the remaining time: cosine from ``lr`` to ``min_lr``, constant, or x0.1 at
+    each milestone epoch. With ``schedule_unit=epoch`` the value only changes at epoch starts.
+    """
+    per_epoch = config.schedule_unit == "epoch"
+    position = float(step // steps_per_epoch) if per_epoch else step / steps_per_epoch
+    warmup = float(math.floor(config.warmup_epochs)) if per_epoch else config.warmup_epochs
+    if position < warmup:
+        start = config.lr * config.warmup_start_factor
+        return start + (config.lr - start) * position / warmup
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "step":
+        epoch = int(position)
+        return config.lr * 0.1 ** sum(epoch >= m for m in config.milestones)
+    progress = (position - warmup) / max(epochs - warmup, 1e-12)
+    progress = min(max(progress, 0.0), 1.0)
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_gradients(model: nn.Module, config: OptimConfig) -> float | None:
+    """Clip as configured; returns the global gradient norm before clipping (global mode)."""
+    if config.clip_grad is None:
+        return None
+    params = [p for p in model.parameters() if p.grad is not None]
+    if config.clip_mode == "global":
+        return float(torch.nn.utils.clip_grad_norm_(params, config.clip_grad))
+    for p in params:
+        torch.nn.utils.clip_grad_norm_([p], config.clip_grad)
+    return None

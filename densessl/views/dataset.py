@@ -1,0 +1,144 @@
+"""From an image source to batches of crops with their geometry.
+
+Randomness is a function of (seed, epoch, image index) for crops and of (seed, epoch) for the
+order of images, so a run resumed mid-epoch sees exactly the batches the uninterrupted run
+would have seen, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from densessl.data.base import CorruptImageError, DataError, ImageSource
+from densessl.views.sampler import ViewSampler, records_to_tensors
+
+log = logging.getLogger(__name__)
+
+#: consecutive unreadable images after which the dataset gives up (a broken disk, a wrong folder)
+MAX_SUBSTITUTES = 16
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and Python versions."""
+    digest = hashlib.blake2b("-".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class MultiViewDataset(Dataset):
+    """Item ``(epoch, index)`` -> the crops of image ``index`` drawn for ``epoch``.
+
+    An unreadable image is, under policy ``skip``, reported once per process with a warning and
+    replaced by the next readable image; the item counts how many were skipped so the trainer
+    can log it. Under policy ``error`` it raises :class:`DataError` naming the file.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        sampler: ViewSampler,
+        seed: int,
+        corrupt: Literal["skip", "error"] = "skip",
+    ) -> None:
+        if len(source) == 0:
+            raise DataError("the image source is empty")
+        self.source = source
+        self.sampler = sampler
+        self.seed = seed
+        self.corrupt = corrupt
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, int]:
+        for skipped in range(MAX_SUBSTITUTES):
+            position = (index + skipped) % len(self.source)
+            try:
+                array = self.source.load(position)
+            except CorruptImageError as exc:
+                if self.corrupt == "error":
+                    raise DataError(f"{exc} (set data.corrupt=skip to skip such images)") from exc
+                if exc.path not in self._reported:
+                    self._reported.add(exc.path)
+                    log.warning("skipping unreadable image %s: %s", exc.path, exc.reason)
+                continue
+            return torch.from_numpy(array).permute(2, 0, 1).contiguous(), skipped
+        raise DataError(f"{MAX_SUBSTITUTES} consecutive images from index {index} are unreadable")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        image, skipped = self._load(index)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
+        crops, records = self.sampler(image, generator)
+        return {
+            "crops": crops,
+            **records_to_tensors(records),
+            "image_size": torch.tensor(image.shape[1:]),
+            "skipped": skipped,
+        }
+
+
+def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack per-view crops into (B, 3, H, W) uint8 batches and the geometry into tensors."""
+    num_views = len(samples[0]["crops"])
+    return {
+        "crops": [torch.stack([s["crops"][v] for s in samples]) for v in range(num_views)],
+        "boxes": torch.stack([s["boxes"] for s in samples]),
+        "flips": torch.stack([s["flips"] for s in samples]),
+        "image_sizes": torch.stack([s["image_size"] for s in samples]),
+        "skipped": sum(s["skipped"] for s in samples),
+    }
+
+
+class EpochBatchSampler:
+    """Yields this process's batches of ``(epoch, index)`` keys, epoch after epoch.
+
+    Each epoch is a permutation drawn from (seed, epoch); global batch ``b`` is positions
+    ``b*G*B .. (b+1)*G*B`` of it and process ``r`` takes the ``r``-th slice of ``B``. Incomplete
+    global batches are dropped. Iteration starts at ``start_step`` (a global batch count), so
+    resuming needs only the step number.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        epochs: int,
+        start_step: int = 0,
+    ) -> None:
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.epochs = epochs
+        self.start_step = start_step
+        self.steps_per_epoch = dataset_size // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the dataset has {dataset_size} images, fewer than one global batch of "
+                f"{batch_size * world_size}; lower train.batch_size"
+            )
+
+    def __len__(self) -> int:
+        return max(self.steps_per_epoch * self.epochs - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        global_batch = self.batch_size * self.world_size
+        first_epoch = self.start_step // self.steps_per_epoch
+        for epoch in range(first_epoch, self.epochs):
+            order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(
+                derive_seed(self.seed, epoch, -1)))
+            first = self.start_step - epoch * self.steps_per_epoch if epoch == first_epoch else 0
+            for b in range(first, self.steps_per_epoch):
+                start = b * global_batch + self.rank * self.batch_size
+                yield [(epoch, int(i)) for i in order[start : start + self.batch_size]]

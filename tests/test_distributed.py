@@ -1,0 +1,115 @@
+"""Collectives and shuffle-BN in one process and in two gloo processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from densessl.distributed import all_gather, shuffle_bn_forward
+from densessl.methods import Step
+from densessl.methods.densecl import DenseCL, DenseCLConfig
+from tests.helpers import random_views, tiny_factory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bn_encoder() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_gather_is_identity_in_one_process():
+    x = torch.randn(3, 2)
+    assert all_gather(x) is x
+
+
+def test_shuffle_then_unshuffle_is_identity():
+    x = torch.randn(8, 3, 5, 5)
+    out = shuffle_bn_forward(lambda t: (t, t.sum(dim=(1, 2, 3))), x, torch.Generator().manual_seed(3), groups=4)
+    assert torch.equal(out[0], x)
+    assert torch.allclose(out[1], x.sum(dim=(1, 2, 3)))
+
+
+def test_single_process_shuffle_bn_uses_group_statistics():
+    encoder = bn_encoder().train()
+    x = torch.randn(8, 3, 6, 6)
+    (out,) = shuffle_bn_forward(lambda t: (encoder(t),), x, torch.Generator().manual_seed(5), groups=2)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    expected = torch.empty_like(out)
+    for chunk in perm.chunk(2):
+        expected[chunk] = encoder(x[chunk])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(out, encoder(x), atol=1e-4)  # whole-batch statistics differ
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        # shuffle-BN across processes equals the single-process substitute with groups=world
+        encoder = bn_encoder().train()
+        x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
+        local = x.chunk(world)[rank]
+        (bn_out,) = shuffle_bn_forward(lambda t: (encoder(t),), local, torch.Generator().manual_seed(5))
+
+        # DenseCL with DDP on a BN-free backbone: same losses and queues as one process
+        model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
+        ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = []
+        for step in range(3):
+            views = random_views(4, seed=step)
+            views.images = [v.chunk(world)[rank] for v in views.images]
+            out = ddp(views, Step(step, 10, 0, torch.Generator().manual_seed(step)))
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+            reduced = out["loss"].detach().clone()
+            dist.all_reduce(reduced)
+            losses.append(float(reduced) / world)
+        queue.put((rank, bn_out, losses, model.queue.keys.clone(), model.dense_queue.keys.clone()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process():
+    world = 2
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    encoder = bn_encoder().train()
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
+    (expected_bn,) = shuffle_bn_forward(lambda t: (encoder(t),), x, torch.Generator().manual_seed(5), groups=world)
+    assert torch.allclose(torch.cat([r[1] for r in results]), expected_bn, atol=1e-5)
+
+    model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    single = []
+    for step in range(3):
+        out = model(random_views(4, seed=step), Step(step, 10, 0, torch.Generator().manual_seed(step)))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        single.append(float(out["loss"]))
+    for rank_result in results:
+        assert all(abs(a - b) < 1e-5 for a, b in zip(rank_result[2], single, strict=True)), (rank_result[2], single)
+        assert torch.allclose(rank_result[3], model.queue.keys, atol=1e-5)
+        assert torch.allclose(rank_result[4], model.dense_queue.keys, atol=1e-5)
