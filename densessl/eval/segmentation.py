@@ -1,0 +1,378 @@
+"""Frozen-backbone dense linear probe (the Leopart "linear" protocol, scaled down).
+
+Protocol (spec A1.1 adapted to cached features, metric as in A1.6):
+
+1. :func:`extract_features` resizes every image bilinearly (antialiased) and its mask with
+   nearest neighbour to ``image_size`` x ``image_size``, normalises with the ImageNet
+   statistics and runs the frozen backbone **once** per image (eval mode, ``no_grad``). The
+   dense maps are cached as float32 on the CPU. There is no train-time augmentation: the
+   cache is what makes the probe cheap, and augmented views would need fresh forwards.
+2. :func:`train_linear_probe` trains one 1x1 convolution (``C -> num_classes``) with SGD
+   (momentum 0.9, weight decay 1e-4, step decay x0.1) and cross-entropy with ``ignore_index``.
+   Logits are bilinearly upsampled to ``train_resolution`` and the masks nearest-downsampled to
+   it (Leopart: 100 for 448 px input; the synthetic benchmark: 32 for 64 px input).
+3. :func:`evaluate_probe` bilinearly upsamples the **logits** to the mask size before the
+   argmax and scores them with :class:`~densessl.eval.metrics.ConfusionMatrix`. The evaluation
+   resolution is therefore ``image_size``.
+4. :func:`run_linear_probe` does all three with several probe seeds on one feature cache.
+
+Backbone contract: a ``torch.nn.Module`` whose ``forward(x)`` maps a normalised (B, 3, H, W)
+batch to a dense map (B, C, h, w), with an attribute ``out_channels == C``.
+
+Feature standardisation (``standardize=True``, the default): each channel is shifted and scaled
+by its mean and standard deviation over the *training* features before the 1x1 conv. Without
+it the best learning rate depends on the feature scale, and random-init and pre-trained
+backbones (whose scales differ by orders of magnitude) would each need their own lr. The
+statistics are folded into the returned conv, so the head applies to raw features and the
+identical transform reaches the evaluation features automatically.
+
+Nearest resizing uses ``"nearest-exact"`` (pixel-centre sampling, as PIL and OpenCV do), which
+only ever copies existing label values, so ``ignore_index`` pixels stay ignore pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from densessl.augment import normalize
+from densessl.eval.metrics import AbsentPolicy, ConfusionMatrix
+
+__all__ = ["evaluate_probe", "extract_features", "run_linear_probe", "train_linear_probe"]
+
+Sample = tuple[np.ndarray, np.ndarray]
+
+# Below this many batches a progress bar is noise rather than information.
+_PROGRESS_MIN_BATCHES = 8
+
+
+def _resize_images(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """Stack uint8 HxWx3 arrays into a float (B, 3, size, size) batch in [0, 1]."""
+    tensors = []
+    for img in images:
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"images must be HxWx3 arrays, got shape {img.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float()
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        tensors.append(t)
+    # Antialiased bilinear has non-negative weights, so no overshoot beyond [0, 255] to clamp.
+    return torch.cat(tensors).div_(255.0)
+
+
+def _resize_masks(masks: list[np.ndarray], size: int) -> torch.Tensor:
+    """Stack uint8 HxW label maps into a (B, size, size) uint8 tensor with nearest sampling."""
+    out = []
+    for m in masks:
+        if m.ndim != 2:
+            raise ValueError(f"masks must be HxW arrays, got shape {m.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(m)).to(torch.uint8)
+        if t.shape != (size, size):
+            t = _nearest(t[None], size)[0]
+        out.append(t)
+    return torch.stack(out)
+
+
+def _nearest(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-exact resize of a (B, H, W) integer label tensor, keeping its dtype."""
+    # Labels up to 255 are exact in float32, so the round trip cannot alter a label value.
+    resized = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")
+    return resized[:, 0].to(masks.dtype)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    samples: Sequence[Sample],
+    image_size: int,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen backbone once over ``samples`` and cache its dense maps.
+
+    ``samples`` is a sequence of ``(image, mask)`` pairs: an RGB ``uint8`` (H, W, 3) array and a
+    ``uint8`` (H, W) label map (255 = ignore). Images are resized bilinearly with antialiasing and
+    masks with nearest neighbour to ``image_size`` x ``image_size``.
+
+    The backbone is moved to ``device`` and run in eval mode under ``no_grad`` (bf16 autocast on
+    CUDA only); its previous train/eval mode is restored afterwards.
+
+    Returns ``(features, masks)``: float32 (N, C, h, w) and uint8 (N, image_size, image_size),
+    both on the CPU.
+    """
+    n = len(samples)
+    if n == 0:
+        raise ValueError("extract_features needs at least one sample")
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.to(device).eval()
+    use_autocast = device.type == "cuda"
+    n_batches = math.ceil(n / batch_size)
+    feats: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    try:
+        from tqdm.auto import tqdm
+
+        # disable=None lets tqdm switch itself off when its stream is not a terminal (logs, CI).
+        disable = True if n_batches < _PROGRESS_MIN_BATCHES else None
+        for start in tqdm(range(0, n, batch_size), total=n_batches, desc="features", disable=disable):
+            batch = [samples[i] for i in range(start, min(start + batch_size, n))]
+            images = _resize_images([b[0] for b in batch], image_size)
+            masks.append(_resize_masks([b[1] for b in batch], image_size))
+            x = normalize(images.to(device, non_blocking=True))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                out = backbone(x)
+            if out.ndim != 4:
+                raise ValueError(f"backbone must return a (B, C, h, w) map, got shape {tuple(out.shape)}")
+            feats.append(out.float().cpu())
+    finally:
+        backbone.train(was_training)
+    features = torch.cat(feats)
+    expected = getattr(backbone, "out_channels", None)
+    if expected is not None and features.shape[1] != expected:
+        raise ValueError(f"backbone.out_channels={expected} but its output has {features.shape[1]} channels")
+    return features, torch.cat(masks)
+
+
+def _channel_stats(features: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over (N, h, w), accumulated in float64 chunk by chunk."""
+    c = features.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, features.shape[0], chunk):
+        x = features[start : start + chunk].double()
+        s += x.sum(dim=(0, 2, 3))
+        sq += x.square().sum(dim=(0, 2, 3))
+    count = features.shape[0] * features.shape[2] * features.shape[3]
+    mean = s / count
+    var = (sq / count - mean.square()).clamp_min(0.0)
+    std = var.sqrt()
+    # A channel that is constant on the training set (e.g. a dead ReLU) carries no signal; scaling
+    # it by 1/~0 would blow up any tiny difference it shows on the evaluation set.
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return mean, std
+
+
+def train_linear_probe(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    train_resolution: int,
+    ignore_index: int = 255,
+    milestones: Sequence[int] | None = None,
+    standardize: bool = True,
+    device: str | torch.device = "cpu",
+) -> nn.Conv2d:
+    """Train a 1x1 conv ``C -> num_classes`` on cached dense features; return it on the CPU.
+
+    ``features`` is (N, C, h, w) float, ``masks`` is (N, H, W) integer labels (``ignore_index``
+    is skipped by the loss). Each step takes a shuffled batch, applies the conv, bilinearly
+    upsamples the logits to ``train_resolution`` and computes cross-entropy against masks that
+    were nearest-resized to ``train_resolution`` once up front.
+
+    The schedule is SGD with momentum and weight decay; the lr is multiplied by 0.1 at each epoch
+    in ``milestones``. ``None`` means one step at ``round(0.8 * epochs)`` (Leopart: epoch 20 of
+    25); pass ``()`` for a constant lr. The weights start from N(0, 0.01) with zero bias.
+
+    With ``standardize=True`` the features are standardised per channel with statistics of
+    ``features`` and those statistics are folded into the returned conv, which therefore applies
+    to raw features. On the CPU the result is a deterministic function of ``seed`` and the data.
+    """
+    if features.ndim != 4 or masks.ndim != 3 or features.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"expected features (N, C, h, w) and masks (N, H, W), got {tuple(features.shape)} "
+            f"and {tuple(masks.shape)}"
+        )
+    n, c = features.shape[:2]
+    device = torch.device(device)
+    if milestones is None:
+        milestones = [round(0.8 * epochs)] if epochs > 1 else []
+
+    if standardize:
+        mean, std = _channel_stats(features)
+    else:
+        mean, std = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    mean_f = mean.float().view(1, c, 1, 1).to(device)
+    inv_std_f = (1.0 / std).float().view(1, c, 1, 1).to(device)
+
+    targets = _nearest(masks, train_resolution).long()
+
+    gen = torch.Generator().manual_seed(int(seed))
+    head = nn.Conv2d(c, num_classes, kernel_size=1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    head.to(device).train()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            y = targets[idx].to(device, non_blocking=True)
+            if not bool((y != ignore_index).any()):
+                # CE's mean over zero counted pixels is NaN; such a batch has nothing to teach.
+                continue
+            x = features[idx].to(device, non_blocking=True)
+            x = (x - mean_f) * inv_std_f
+            # Bilinear interpolation is linear with weights summing to 1 and the 1x1 conv is a
+            # per-pixel affine map, so conv-then-upsample equals upsample-then-conv exactly (up to
+            # rounding). Convolving first works on h*w pixels instead of train_resolution**2 and
+            # upsamples num_classes channels instead of C, which is much cheaper.
+            logits = head(x)
+            if logits.shape[-2:] != y.shape[-2:]:
+                logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+
+    # Fold the standardisation into the conv: W (x - m) / s + b == (W / s) x + (b - W m / s).
+    head = head.cpu().eval()
+    with torch.no_grad():
+        w = head.weight.double()[:, :, 0, 0]
+        scaled = w / std.view(1, c)
+        b = head.bias.double() - scaled @ mean
+        head.weight.copy_(scaled.view(num_classes, c, 1, 1).float())
+        head.bias.copy_(b.float())
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+@torch.no_grad()
+def evaluate_probe(
+    head: nn.Module,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    absent: AbsentPolicy = "zero",
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Score ``head`` on cached features against full-resolution masks.
+
+    Logits are bilinearly upsampled to the mask size (the evaluation resolution) before the
+    argmax, and every pixel of the split is accumulated into one confusion matrix. Returns
+    :meth:`ConfusionMatrix.compute`'s dict (fractions in [0, 1]) plus ``eval_resolution``.
+    """
+    device = torch.device(device)
+    was_training = head.training
+    head.to(device).eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    size = tuple(masks.shape[-2:])
+    try:
+        for start in range(0, features.shape[0], batch_size):
+            x = features[start : start + batch_size].to(device)
+            logits = head(x.float())
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            cm.update(logits.argmax(dim=1), masks[start : start + batch_size].to(device))
+    finally:
+        head.train(was_training)
+    result = cm.compute(absent=absent)
+    result["eval_resolution"] = list(size)
+    return result
+
+
+def run_linear_probe(
+    backbone: nn.Module,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    num_classes: int,
+    *,
+    image_size: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    train_resolution: int,
+    device: str | torch.device = "cpu",
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    milestones: Sequence[int] | None = None,
+    standardize: bool = True,
+    ignore_index: int = 255,
+    absent: AbsentPolicy = "zero",
+    extract_batch_size: int = 64,
+) -> dict:
+    """Extract features once, train and evaluate one linear probe per seed, summarise.
+
+    Returns a dict of plain Python values (metrics are fractions in [0, 1]):
+    ``miou`` (mean over seeds), ``miou_std`` (sample std over seeds, 0 for one seed),
+    ``miou_per_seed``, ``pixel_acc`` (mean), ``pixel_acc_per_seed``, ``mean_acc`` and ``fwiou``
+    (means), ``iou_per_class`` (per-class mean over seeds), ``num_classes``, ``image_size``
+    (also the evaluation resolution), ``train_resolution``, ``feature_shape`` ``[C, h, w]``,
+    ``seeds``, ``absent``, ``num_train``, ``num_val`` and ``seconds`` (wall time, extraction
+    included).
+    """
+    if len(seeds) == 0:
+        raise ValueError("run_linear_probe needs at least one seed")
+    t0 = time.perf_counter()
+    train_f, train_m = extract_features(backbone, train_samples, image_size, extract_batch_size, device)
+    val_f, val_m = extract_features(backbone, val_samples, image_size, extract_batch_size, device)
+
+    runs = []
+    for seed in seeds:
+        head = train_linear_probe(
+            train_f,
+            train_m,
+            num_classes,
+            seed=seed,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            train_resolution=train_resolution,
+            ignore_index=ignore_index,
+            milestones=milestones,
+            standardize=standardize,
+            device=device,
+        )
+        runs.append(evaluate_probe(head, val_f, val_m, num_classes, ignore_index, absent, device=device))
+
+    mious = [r["miou"] for r in runs]
+    accs = [r["pixel_acc"] for r in runs]
+    per_class = np.array([r["iou_per_class"] for r in runs], dtype=np.float64)
+    with warnings.catch_warnings():
+        # A class absent from the val split is NaN under absent="nan" for every seed alike.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        iou_per_class = [float(v) for v in np.nanmean(per_class, axis=0)] if per_class.size else []
+    return {
+        "miou": float(np.mean(mious)),
+        "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else 0.0,
+        "miou_per_seed": [float(v) for v in mious],
+        "pixel_acc": float(np.mean(accs)),
+        "pixel_acc_per_seed": [float(v) for v in accs],
+        "mean_acc": float(np.mean([r["mean_acc"] for r in runs])),
+        "fwiou": float(np.mean([r["fwiou"] for r in runs])),
+        "iou_per_class": iou_per_class,
+        "num_classes": int(num_classes),
+        "image_size": int(image_size),
+        "train_resolution": int(train_resolution),
+        "feature_shape": [int(s) for s in train_f.shape[1:]],
+        "seeds": [int(s) for s in seeds],
+        "absent": absent,
+        "num_train": int(train_f.shape[0]),
+        "num_val": int(val_f.shape[0]),
+        "seconds": time.perf_counter() - t0,
+    }
