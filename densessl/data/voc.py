@@ -1,0 +1,175 @@
+"""Reader for the PASCAL VOC 2012 segmentation layout (also used by the synthetic benchmark).
+
+Layout (``VOCdevkit/VOC2012``): ``JPEGImages/<stem>.jpg``, ``SegmentationClass/<stem>.png``
+(mode 'P', values 0..20, 255 = void), ``ImageSets/Segmentation/<split>.txt`` (one stem per
+line). Mask values are the palette *indices* of the PNG, never its colours.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .base import CorruptImageError, DataError
+from .sources import decode_image
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+VOID_LABEL = 255
+
+
+def find_voc_root(root: str | os.PathLike) -> Path:
+    """Locate the ``VOC2012`` folder given itself, ``VOCdevkit``, or the folder holding ``VOCdevkit``."""
+    root = Path(root).expanduser()
+    candidates = (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012")
+    for candidate in candidates:
+        if (candidate / "ImageSets" / "Segmentation").is_dir() or (candidate / "JPEGImages").is_dir():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise DataError(
+        f"no PASCAL VOC 2012 folder (with JPEGImages/ and ImageSets/Segmentation/) found; tried {tried}"
+    )
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map PNG as uint8 (H, W) indices: palette indices for 'P', values for 'L'."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"mask file {path} is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode not in ("P", "L"):
+                raise DataError(
+                    f"mask {path} has mode {mode!r}; expected a palette ('P') or 8-bit ('L') PNG "
+                    "of class indices"
+                )
+            return np.array(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL plugins raise many types on malformed data
+        raise CorruptImageError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+class VOCSegmentation:
+    """PASCAL VOC 2012 semantic segmentation split, returning ``(image, mask)`` uint8 arrays.
+
+    ``image`` is (H, W, 3) RGB, ``mask`` (H, W) with class ids and 255 for void. ``root`` may be
+    the ``VOC2012`` folder, ``VOCdevkit`` or the folder holding ``VOCdevkit``. ``mask_dir`` selects
+    e.g. ``SegmentationClassAug``. If ``labels.txt`` (one class name per line) sits in the VOC2012
+    folder, it defines the classes (the synthetic benchmark writes one); otherwise the 21 VOC
+    classes are used. Also usable as an :class:`~densessl.data.base.ImageSource`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        mask_dir: str = "SegmentationClass",
+        image_dir: str = "JPEGImages",
+    ) -> None:
+        self.root = find_voc_root(root)
+        self.split = split
+        self.image_dir = self.root / image_dir
+        self.mask_dir = self.root / mask_dir
+        sets = self.root / "ImageSets" / "Segmentation"
+        split_file = sets / f"{split}.txt"
+        if not split_file.is_file():
+            available = sorted(p.stem for p in sets.glob("*.txt")) if sets.is_dir() else []
+            raise DataError(
+                f"split file {split_file} is missing; available splits: {', '.join(available) or 'none'}"
+            )
+        stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        if not stems:
+            raise DataError(f"split file {split_file} lists no images")
+        self.stems: list[str] = stems
+        self._check_files()
+
+        labels = self.root / "labels.txt"
+        if labels.is_file():
+            names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+            if not names:
+                raise DataError(f"class list {labels} is empty")
+            self.class_names: list[str] = names
+        else:
+            self.class_names = list(VOC_CLASSES)
+
+    def _check_files(self) -> None:
+        for kind, paths in (
+            ("image", map(self.image_path, range(len(self)))),
+            ("mask", map(self.mask_path, range(len(self)))),
+        ):
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise DataError(
+                    f"{len(missing)} {kind} file(s) of split {self.split!r} are missing, e.g. {missing[0]}"
+                )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including the background (21 for PASCAL VOC)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def _index(self, index: int) -> int:
+        n = len(self.stems)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images in split {self.split!r}")
+        return index
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / f"{self.stems[self._index(index)]}.jpg"
+
+    def mask_path(self, index: int) -> Path:
+        return self.mask_dir / f"{self.stems[self._index(index)]}.png"
+
+    def load(self, index: int) -> np.ndarray:
+        """The RGB image only (``ImageSource`` protocol)."""
+        return decode_image(self.image_path(index))
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) uint8 class-index mask; 255 = void."""
+        return read_label_png(self.mask_path(index))
+
+    def describe(self, index: int) -> str:
+        return str(self.image_path(index))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = self.load(index)
+        mask = self.load_mask(index)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask
