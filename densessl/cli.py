@@ -94,8 +94,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.out, method=args.method, overrides=args.overrides)
     print(format_table(summary))
     print(f"summary written to {Path(args.out) / 'summary.json'}")
-    print(json.dumps({"gain_miou": summary["gain_miou"],
-                      **{r["method"]: round(r["miou"], 2) for r in summary["results"]}}))
+    print(
+        json.dumps(
+            {
+                "gain_miou": summary["gain_miou"],
+                **{r["method"]: round(r["miou"], 2) for r in summary["results"]},
+            }
+        )
+    )
     return 0
 
 
@@ -140,9 +146,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         val = [val[i] for i in range(min(args.limit_val, len(val)))]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = run_linear_probe(
-        backbone, train, val, num_classes,
-        image_size=image_size, seeds=tuple(args.seeds), epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, train_resolution=args.train_resolution or max(image_size // 2, 8),
+        backbone,
+        train,
+        val,
+        num_classes,
+        image_size=image_size,
+        seeds=tuple(args.seeds),
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        train_resolution=args.train_resolution or max(image_size // 2, 8),
         device=device,
     )
     print(json.dumps({"protocol": "seg-probe", "weights": str(args.weights), "data": args.data, **result}))
@@ -157,13 +170,20 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "export": cmd_export, "eval": cmd_eval, "data": cmd_data}
+COMMANDS = {
+    "pretrain": cmd_pretrain,
+    "demo": cmd_demo,
+    "export": cmd_export,
+    "eval": cmd_eval,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from densessl.training.trainer import TrainingError
 
     try:

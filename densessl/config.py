@@ -129,7 +129,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"{key}: invalid value {value!r}; valid choices: {', '.join(map(str, choices))}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -153,7 +155,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return tuple(_convert(v, args[0], f"{key}.{i}") for i, v in enumerate(value))
             if len(value) != len(args):
                 raise ConfigError(f"{key} must have {len(args)} elements, got {value!r}")
-            return tuple(_convert(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+            return tuple(
+                _convert(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         return [_convert(v, args[0] if args else Any, f"{key}.{i}") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):

@@ -27,8 +27,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def quick_config_path(method: str) -> Path:
     path = CONFIG_DIR / "quick" / f"{method}_synthetic.yaml"
     if not path.is_file():
-        available = sorted(p.stem.removesuffix("_synthetic") for p in (CONFIG_DIR / "quick").glob("*_synthetic.yaml"))
-        raise ConfigError(f"no quick recipe for '{method}' ({path}); available: {', '.join(available) or 'none'}")
+        available = sorted(
+            p.stem.removesuffix("_synthetic") for p in (CONFIG_DIR / "quick").glob("*_synthetic.yaml")
+        )
+        raise ConfigError(
+            f"no quick recipe for '{method}' ({path}); available: {', '.join(available) or 'none'}"
+        )
     return path
 
 
@@ -83,21 +87,28 @@ def run_demo(
             device=device,
         )
         minutes = (time.perf_counter() - t0) / 60 + (pretrain_minutes if name == method else 0.0)
-        rows.append({
-            "method": name,
-            "miou": 100 * probe["miou"],
-            "miou_std": 100 * probe["miou_std"],
-            "miou_per_seed": [100 * m for m in probe["miou_per_seed"]],
-            "pixel_acc": 100 * probe["pixel_acc"],
-            "minutes": minutes,
-        })
+        rows.append(
+            {
+                "method": name,
+                "miou": 100 * probe["miou"],
+                "miou_std": 100 * probe["miou_std"],
+                "miou_per_seed": [100 * m for m in probe["miou_per_seed"]],
+                "pixel_acc": 100 * probe["pixel_acc"],
+                "minutes": minutes,
+            }
+        )
     summary = {
         "method": method,
-        "backbone": f"{config.model.arch} (small_input={config.model.small_input}, width={config.model.width})",
+        "backbone": {"arch": config.model.arch, "small_input": config.model.small_input, "width": config.model.width},
         "pretrain_steps": result["step"],
         "pretrain_minutes": pretrain_minutes,
-        "probe": {"train_images": probe_train, "test_images": probe_test, "seeds": list(probe_seeds),
-                  "image_size": scenes.image_size, "classes": num_classes},
+        "probe": {
+            "train_images": probe_train,
+            "test_images": probe_test,
+            "seeds": list(probe_seeds),
+            "image_size": scenes.image_size,
+            "classes": num_classes,
+        },
         "results": rows,
         "gain_miou": rows[0]["miou"] - rows[1]["miou"],
         "total_minutes": (time.perf_counter() - started) / 60,
@@ -109,7 +120,11 @@ def run_demo(
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'method':<14}{'mIoU (%)':>18}{'minutes':>10}", "-" * 42]
     for row in summary["results"]:
-        lines.append(f"{row['method']:<14}{row['miou']:>10.2f} ± {row['miou_std']:<5.2f}{row['minutes']:>10.1f}")
-    lines.append(f"gain over random init: {summary['gain_miou']:+.2f} mIoU points "
-                 f"(mean of {len(summary['probe']['seeds'])} probe seeds)")
+        lines.append(
+            f"{row['method']:<14}{row['miou']:>10.2f} ± {row['miou_std']:<5.2f}{row['minutes']:>10.1f}"
+        )
+    lines.append(
+        f"gain over random init: {summary['gain_miou']:+.2f} mIoU points "
+        f"(mean of {len(summary['probe']['seeds'])} probe seeds)"
+    )
     return "\n".join(lines)

@@ -24,7 +24,9 @@ def free_port() -> int:
 
 def bn_encoder() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
 
 
 def test_gather_is_identity_in_one_process():
@@ -34,7 +36,9 @@ def test_gather_is_identity_in_one_process():
 
 def test_shuffle_then_unshuffle_is_identity():
     x = torch.randn(8, 3, 5, 5)
-    out = shuffle_bn_forward(lambda t: (t, t.sum(dim=(1, 2, 3))), x, torch.Generator().manual_seed(3), groups=4)
+    out = shuffle_bn_forward(
+        lambda t: (t, t.sum(dim=(1, 2, 3))), x, torch.Generator().manual_seed(3), groups=4
+    )
     assert torch.equal(out[0], x)
     assert torch.allclose(out[1], x.sum(dim=(1, 2, 3)))
 
@@ -97,7 +101,9 @@ def test_two_gloo_processes_match_one_process():
 
     encoder = bn_encoder().train()
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
-    (expected_bn,) = shuffle_bn_forward(lambda t: (encoder(t),), x, torch.Generator().manual_seed(5), groups=world)
+    (expected_bn,) = shuffle_bn_forward(
+        lambda t: (encoder(t),), x, torch.Generator().manual_seed(5), groups=world
+    )
     assert torch.allclose(torch.cat([r[1] for r in results]), expected_bn, atol=1e-5)
 
     model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
@@ -110,6 +116,9 @@ def test_two_gloo_processes_match_one_process():
         optimizer.step()
         single.append(float(out["loss"]))
     for rank_result in results:
-        assert all(abs(a - b) < 1e-5 for a, b in zip(rank_result[2], single, strict=True)), (rank_result[2], single)
+        assert all(abs(a - b) < 1e-5 for a, b in zip(rank_result[2], single, strict=True)), (
+            rank_result[2],
+            single,
+        )
         assert torch.allclose(rank_result[3], model.queue.keys, atol=1e-5)
         assert torch.allclose(rank_result[4], model.dense_queue.keys, atol=1e-5)

@@ -82,4 +82,3 @@ def build_method(config: Any, backbone_factory: BackboneFactory) -> Method:
     """Instantiate the method whose ``name`` matches ``config.name``."""
     cls = METHODS[config.name]
     return cls(config, backbone_factory)
-

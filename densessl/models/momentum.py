@@ -33,9 +33,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
-def momentum_at(
-    schedule: Literal["constant", "cosine"], base: float, step: int, total_steps: int
-) -> float:
+def momentum_at(schedule: Literal["constant", "cosine"], base: float, step: int, total_steps: int) -> float:
     """Teacher momentum at iteration ``step``.
 
     ``constant``: MoCo-v2 / DenseCL / revisited MoCo. ``cosine``: SlotCon and MGC,

@@ -27,7 +27,13 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         eta: float = 0.001,
     ) -> None:
-        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "eta": eta, "lars_adapt": True}
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "eta": eta,
+            "lars_adapt": True,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -58,7 +64,9 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     """The configured optimiser over the trainable parameters of ``model``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     if config.name == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     if config.name == "lars":
@@ -70,8 +78,13 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
             groups = [g for g in groups if g["params"]]
         else:
             groups = [{"params": params}]
-        return LARS(groups, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
-                    eta=config.lars_eta)
+        return LARS(
+            groups,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+            eta=config.lars_eta,
+        )
     raise ValueError(f"unknown optimizer '{config.name}'")
 
 

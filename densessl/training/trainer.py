@@ -11,6 +11,7 @@ import logging
 import random
 import signal
 import time
+import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
@@ -146,7 +147,9 @@ class Trainer:
             raise TrainingError(f"--resume: no checkpoint at {path}")
         return path
 
-    def _checkpoint(self, method: Method, optimizer, scaler, step: int, steps_per_epoch: int, name: str) -> Path:
+    def _checkpoint(
+        self, method: Method, optimizer, scaler, step: int, steps_per_epoch: int, name: str
+    ) -> Path:
         state = {
             "format": FORMAT,
             "method": self.config.method.name,
@@ -169,12 +172,14 @@ class Trainer:
         cfg = self.config
         world = dist.world_size()
         if cfg.train.batch_size % world:
-            raise TrainingError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
+            raise TrainingError(
+                f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes"
+            )
         per_process = cfg.train.batch_size // world
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         seed_everything(cfg.train.seed)
-        source = parse_source(cfg.data.source, synthetic_length=cfg.data.synthetic_length)
+        source = parse_source(cfg.data.source, length=cfg.data.synthetic_length)
         dataset = MultiViewDataset(
             source, ViewSampler([v.crop for v in cfg.views]), seed=cfg.train.seed, corrupt=cfg.data.corrupt
         )
@@ -220,11 +225,15 @@ class Trainer:
         )
         model: nn.Module = method
         if world > 1:
-            model = DistributedDataParallel(
-                method,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            # queues and centres are identical on every process by construction; broadcasting
+            # them each step would only cost bandwidth (newer torch names this differently)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = DistributedDataParallel(
+                    method,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                )
 
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
@@ -233,8 +242,13 @@ class Trainer:
         if self.is_main and cfg.train.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=end_step, initial=start_step, desc=f"{cfg.method.name} pretrain",
-                            unit="step", dynamic_ncols=True)
+            progress = tqdm(
+                total=end_step,
+                initial=start_step,
+                desc=f"{cfg.method.name} pretrain",
+                unit="step",
+                dynamic_ncols=True,
+            )
 
         interrupted = False
 
@@ -264,8 +278,11 @@ class Trainer:
                 local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
                 views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
                 context = Step(step=step, total_steps=total_steps, epoch=epoch, generator=shared)
-                amp = (torch.autocast(self.device.type, dtype=autocast_dtype)
-                       if autocast_dtype is not None else nullcontext())
+                amp = (
+                    torch.autocast(self.device.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else nullcontext()
+                )
                 with amp:
                     outputs = model(views, context)
                 loss = outputs["loss"]
@@ -295,7 +312,9 @@ class Trainer:
                 if step % cfg.train.log_every == 0 or step == end_step:
                     means = {k: sum(v) / len(v) for k, v in window.items()}
                     names = sorted(means)
-                    reduced = dist.all_reduce_mean(torch.tensor([means[k] for k in names], dtype=torch.float64))
+                    reduced = dist.all_reduce_mean(
+                        torch.tensor([means[k] for k in names], dtype=torch.float64)
+                    )
                     elapsed = wait_time + busy_time
                     last_record = {
                         "step": step,
@@ -319,7 +338,9 @@ class Trainer:
                 epoch_done = step // steps_per_epoch
                 if self.is_main:
                     if at_epoch_end and (epoch_done % cfg.train.checkpoint_every == 0 or step == total_steps):
-                        self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, f"epoch_{epoch_done:04d}.pt")
+                        self._checkpoint(
+                            method, optimizer, scaler, step, steps_per_epoch, f"epoch_{epoch_done:04d}.pt"
+                        )
                     elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                         self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, LAST)
         except KeyboardInterrupt:

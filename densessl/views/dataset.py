@@ -136,8 +136,9 @@ class EpochBatchSampler:
         global_batch = self.batch_size * self.world_size
         first_epoch = self.start_step // self.steps_per_epoch
         for epoch in range(first_epoch, self.epochs):
-            order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(
-                derive_seed(self.seed, epoch, -1)))
+            order = torch.randperm(
+                self.dataset_size, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, -1))
+            )
             first = self.start_step - epoch * self.steps_per_epoch if epoch == first_epoch else 0
             for b in range(first, self.steps_per_epoch):
                 start = b * global_batch + self.rank * self.batch_size

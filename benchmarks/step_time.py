@@ -1,0 +1,185 @@
+"""Training-step time of MoCo-v2 and DenseCL on one batch, and the framework's overhead.
+
+For each setting it times, on the same batch of views:
+- one full training step per method (photometric augmentation of both views on the device,
+  forward, loss, backward, optimiser step, queue update, EMA);
+- the bare backbone work those steps cannot avoid: forward + backward of the backbone on the
+  query view, forward of the backbone on the key view (no heads, no loss, no optimiser).
+
+It prints milliseconds per step, the DenseCL / MoCo-v2 ratio and step / bare-backbone ratios,
+and the same figures as one JSON line. Usage::
+
+    python benchmarks/step_time.py                      # ResNet-50/224 (batch 16) and the quick recipe
+    python benchmarks/step_time.py --setting quick --iters 20
+    python benchmarks/step_time.py --device cuda --precision bf16 --batch-r50 64   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from densessl.config import load_config
+from densessl.methods import Step
+from densessl.training.optim import build_optimizer
+from densessl.training.trainer import build_model, prepare_views, resolve_precision
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {
+    "r50-224": {
+        "densecl": "configs/densecl/coco_r50_800ep.yaml",
+        "mocov2": "configs/mocov2/coco_r50_800ep.yaml",
+    },
+    "quick": {
+        "densecl": "configs/quick/densecl_synthetic.yaml",
+        "mocov2": "configs/quick/mocov2_synthetic.yaml",
+    },
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
+    """Median milliseconds of ``fn`` over ``iters`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure_method(
+    recipe: str,
+    batch: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> dict:
+    overrides = [
+        f"train.batch_size={batch}",
+        f"train.precision={precision}",
+        f"train.channels_last={str(channels_last).lower()}",
+    ]
+    config = load_config(ROOT / recipe, overrides)
+    torch.manual_seed(0)
+    method = build_model(config).to(device)
+    teacher = build_model(config).export_encoder().to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, config.optim)
+    dtype = resolve_precision(precision, device)
+    g = torch.Generator().manual_seed(0)
+    sizes = [v.crop.size for v in config.views]
+    batch_data = {
+        "crops": [torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g) for s in sizes],
+        "boxes": torch.zeros(batch, len(sizes), 4, dtype=torch.long),
+        "flips": torch.zeros(batch, len(sizes), dtype=torch.bool),
+        "image_sizes": torch.full((batch, 2), max(sizes)),
+    }
+    counter = [0]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def train_step():
+        step = counter[0]
+        views = prepare_views(
+            batch_data, config.views, torch.Generator().manual_seed(step), device, channels_last
+        )
+        with autocast():
+            out = method(views, Step(step, 1000, 0, torch.Generator().manual_seed(step)))
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        counter[0] += 1
+
+    backbone = method.export_encoder()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xq = torch.randn(batch, 3, sizes[0], sizes[0], device=device).contiguous(memory_format=fmt)
+    xk = torch.randn(batch, 3, sizes[1], sizes[1], device=device).contiguous(memory_format=fmt)
+
+    def bare_step():
+        with autocast():
+            out = backbone(xq)
+        out.float().mean().backward()
+        with torch.no_grad(), autocast():
+            teacher(xk)
+
+    step_ms = timed(train_step, iters, warmup, device)
+    bare_ms = timed(bare_step, iters, warmup, device)
+    return {
+        "step_ms": step_ms,
+        "bare_backbone_ms": bare_ms,
+        "overhead": step_ms / bare_ms,
+        "images_per_s": batch / step_ms * 1000,
+    }
+
+
+def measure(
+    setting: str,
+    batch: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> dict:
+    results: dict = {"setting": setting, "batch": batch}
+    for name, recipe in SETTINGS[setting].items():
+        results[name] = measure_method(recipe, batch, iters, warmup, device, precision, channels_last)
+    results["densecl_over_mocov2"] = results["densecl"]["step_ms"] / results["mocov2"]["step_ms"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=[*SETTINGS, "all"], default="all")
+    parser.add_argument("--batch-r50", type=int, default=16)
+    parser.add_argument("--batch-quick", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    settings = list(SETTINGS) if args.setting == "all" else [args.setting]
+    report = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "runs": [],
+    }
+    for setting in settings:
+        batch = args.batch_r50 if setting == "r50-224" else args.batch_quick
+        r = measure(setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last)
+        report["runs"].append(r)
+        print(f"[{setting}, batch {batch}, {device}]")
+        for name in ("mocov2", "densecl"):
+            m = r[name]
+            print(
+                f"  {name:8s} step {m['step_ms']:9.1f} ms  bare backbone {m['bare_backbone_ms']:9.1f} ms  "
+                f"overhead x{m['overhead']:.2f}  {m['images_per_s']:.1f} img/s"
+            )
+        print(f"  DenseCL / MoCo-v2 step time: {r['densecl_over_mocov2']:.3f}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Multi-view crop sampler: a list of crop specifications -> uint8 crops plus their geometry.
+
+Each method describes its views as a list of :class:`CropSpec`, drawn in order so that a spec
+can be conditioned on any earlier view:
+
+* MoCo-v2 / DenseCL: two independent 224 px crops, scale (0.2, 1), bilinear;
+* SlotCon: view 0 scale (0.08, 1) bicubic; view 1 the same, ``reference=0``,
+  ``rule="intersection"``, ``threshold=0.01``;
+* MGC: view 0 scale (0.2, 1) bilinear; view 1 ``reference=0``, ``rule="iou"``,
+  ``threshold=0.2``, ``tries=None`` (retry until accepted, capped);
+* revisited MoCo: two 160 px crops (query, key), then four 96 px crops with scale
+  (0.05, 0.14), ``reference=1`` (the key), ``rule="intersection"``, ``threshold=0.1``.
+
+The photometric part of the augmentation is batched separately (:mod:`densessl.augment`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from densessl.views.geometry import (
+    ViewRecord,
+    crop_view,
+    sample_constrained_crop,
+    sample_crop,
+)
+
+__all__ = ["CropSpec", "ViewSampler", "records_to_tensors"]
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How to draw one view.
+
+    Attributes:
+        size: output side in pixels (square views).
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
+        interpolation: ``"bilinear"`` or ``"bicubic"`` resize (antialiased).
+        flip_p: probability of a horizontal flip (recorded in the view record).
+        reference: index of an earlier view this crop must overlap, or ``None``.
+        rule: overlap rule against the reference: ``"intersection"`` (``|crop & ref| >=
+            threshold * sampled area``) or ``"iou"`` (``IoU > threshold``).
+        threshold: the rule's threshold.
+        tries: sampling attempts before the fallback; ``None`` retries until accepted (capped,
+            see :func:`densessl.views.geometry.sample_constrained_crop`).
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    flip_p: float = 0.5
+    reference: int | None = None
+    rule: Literal["intersection", "iou"] = "intersection"
+    threshold: float = 0.0
+    tries: int | None = 10
+
+
+class ViewSampler:
+    """Draws the views of one image according to a list of :class:`CropSpec`.
+
+    Calling it with a uint8 ``(3, H, W)`` image and a ``torch.Generator`` returns the list of
+    uint8 ``(3, size, size)`` crops and the matching list of :class:`ViewRecord`. For every view
+    the draws are: crop box, then one uniform for the flip, so the result is a function of the
+    generator state alone.
+    """
+
+    def __init__(self, specs: list[CropSpec]) -> None:
+        for k, spec in enumerate(specs):
+            if spec.reference is not None and not 0 <= spec.reference < k:
+                raise ValueError(f"view {k} references view {spec.reference}, which is not earlier")
+            if spec.rule not in ("intersection", "iou"):
+                raise ValueError(f"view {k}: unknown rule {spec.rule!r}")
+            if spec.tries is None and spec.reference is None:
+                raise ValueError(f"view {k}: tries=None only makes sense for a constrained crop")
+        self.specs = list(specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def sample_records(self, height: int, width: int, generator: torch.Generator) -> list[ViewRecord]:
+        """Draw the geometry of all views of an ``height x width`` image without cropping."""
+        records: list[ViewRecord] = []
+        for spec in self.specs:
+            if spec.reference is None:
+                assert spec.tries is not None
+                box = sample_crop(height, width, spec.scale, spec.ratio, generator, tries=spec.tries)
+                accepted = True
+            else:
+                box, accepted = sample_constrained_crop(
+                    height,
+                    width,
+                    spec.scale,
+                    spec.ratio,
+                    records[spec.reference].box,
+                    spec.rule,
+                    spec.threshold,
+                    generator,
+                    tries=spec.tries,
+                )
+            flipped = bool(torch.rand(1, generator=generator).item() < spec.flip_p)
+            records.append(
+                ViewRecord(
+                    box=box,
+                    flipped=flipped,
+                    size=(spec.size, spec.size),
+                    reference=spec.reference,
+                    accepted=accepted,
+                )
+            )
+        return records
+
+    def __call__(
+        self, image: torch.Tensor, generator: torch.Generator
+    ) -> tuple[list[torch.Tensor], list[ViewRecord]]:
+        """Crop all views of a uint8 ``(3, H, W)`` image; returns ``(crops, records)``."""
+        if image.ndim != 3:
+            raise ValueError(f"expected a (C, H, W) image, got shape {tuple(image.shape)}")
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        records = self.sample_records(height, width, generator)
+        crops = [
+            crop_view(image, rec.box, spec.size, spec.interpolation, rec.flipped)
+            for spec, rec in zip(self.specs, records, strict=True)
+        ]
+        return crops, records
+
+
+def records_to_tensors(records: list[ViewRecord]) -> dict[str, torch.Tensor]:
+    """Pack one sample's view records for collation.
+
+    Returns ``boxes`` int64 ``(V, 4)`` of ``(left, top, width, height)``, ``flips`` bool ``(V,)``
+    and ``accepted`` bool ``(V,)``. Stacking these over a batch gives the ``(B, V, ...)`` inputs
+    of :func:`densessl.views.geometry.overlap_boxes_batch`.
+    """
+    boxes = torch.tensor(
+        [[r.box.left, r.box.top, r.box.width, r.box.height] for r in records], dtype=torch.long
+    ).reshape(len(records), 4)
+    flips = torch.tensor([r.flipped for r in records], dtype=torch.bool)
+    accepted = torch.tensor([r.accepted for r in records], dtype=torch.bool)
+    return {"boxes": boxes, "flips": flips, "accepted": accepted}

@@ -1,0 +1,161 @@
+"""The trainer end to end on tiny runs: resume exactness, corrupt images, export, torchrun."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densessl.cli import main
+from densessl.config import load_config
+from densessl.export import export_backbone, torchvision_reference
+from densessl.training.trainer import Trainer
+from tests.test_distributed import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ROOT / "configs/quick/densecl_synthetic.yaml"
+TINY = [
+    "data.synthetic_length=48",
+    "data.workers=0",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "train.progress=false",
+    "method.queue_size=32",
+    "views.*.crop.size=32",
+    "model.width=0.125",
+]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_resumed_run_continues_the_same_numbers(tmp_path):
+    full = Trainer(load_config(QUICK, [*TINY, "train.max_steps=8"]), tmp_path / "full").fit()
+    assert full["step"] == 8
+    Trainer(load_config(QUICK, [*TINY, "train.max_steps=4"]), tmp_path / "cut").fit()
+    resumed = Trainer(load_config(QUICK, [*TINY, "train.max_steps=8"]), tmp_path / "cut", resume="auto").fit()
+    assert resumed["step"] == 8
+    uninterrupted, continued = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(continued) == list(range(1, 9))
+    for step in range(5, 9):
+        assert continued[step] == pytest.approx(uninterrupted[step], abs=1e-6), step
+    saved = (tmp_path / "cut" / "config.yaml").read_text()
+    assert "densecl" in saved and "max_steps: 8" in saved
+
+
+def write_folder(root: Path, good: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    for i in range(good):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "sub" / f"{i:03d}.png")
+    (root / "005_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+
+
+def test_corrupt_image_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
+    write_folder(tmp_path / "images")
+    config = load_config(
+        QUICK,
+        [
+            *TINY,
+            f"data.source=folder:{tmp_path / 'images'}",
+            "train.batch_size=4",
+            "train.epochs=1",
+            "method.queue_size=8",
+        ],
+    )
+    with caplog.at_level(logging.WARNING):
+        Trainer(config, tmp_path / "run").fit()
+    warnings = [r for r in caplog.records if "005_broken.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and "skipping unreadable image" in warnings[0].getMessage()
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["skipped_images"] == 1
+
+
+def test_corrupt_image_policy_error_stops_with_the_path(tmp_path, capsys):
+    write_folder(tmp_path / "images")
+    code = main(
+        [
+            "pretrain",
+            str(QUICK),
+            *TINY,
+            f"data.source=folder:{tmp_path / 'images'}",
+            "data.corrupt=error",
+            "train.batch_size=13",
+            "train.epochs=1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "005_broken.jpg" in err and "data.corrupt=skip" in err
+
+
+def test_export_loads_into_torchvision_resnet_strict(tmp_path):
+    overrides = [*TINY, "model.width=1.0", "model.small_input=false", "train.max_steps=1"]
+    result = Trainer(load_config(QUICK, overrides), tmp_path / "run").fit()
+    info = export_backbone(result["checkpoint"], tmp_path / "backbone.pth")
+    assert info["method"] == "densecl" and info["encoder"] == "query encoder"
+    state = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    reference = torchvision_reference("resnet18")
+    reference.load_state_dict(state, strict=True)
+    ckpt = torch.load(result["checkpoint"], weights_only=False)
+    query = {
+        k.removeprefix("encoder_q.backbone."): v
+        for k, v in ckpt["model"].items()
+        if k.startswith("encoder_q.backbone.")
+    }
+    assert set(query) == set(state) and all(torch.equal(query[k], state[k]) for k in state)
+    x = torch.randn(2, 3, 64, 64)
+    from densessl.export import load_backbone
+
+    backbone = load_backbone(tmp_path / "backbone.pth")
+    reference.eval()
+    assert torch.allclose(
+        reference.layer4(
+            reference.layer3(
+                reference.layer2(
+                    reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x)))))
+                )
+            )
+        ),
+        backbone(x),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "densessl",
+        "pretrain",
+        str(QUICK),
+        *TINY,
+        "train.max_steps=3",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(tmp_path / "ddp")) == [1, 2, 3]
+    assert (tmp_path / "ddp/checkpoints/last.pt").is_file()
