@@ -66,13 +66,12 @@ def run_demo(
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     rows = []
-    backbones = {
-        method: load_backbone(result["checkpoint"]),
-        "random init": load_backbone("random", config.model),
-    }
+    pretrained = load_backbone(result["checkpoint"])
+    # the same seed as pre-training: the floor is exactly the network pre-training started from
+    torch.manual_seed(config.train.seed)
+    backbones = {method: pretrained, "random init": load_backbone("random", config.model)}
     for name, backbone in backbones.items():
         t0 = time.perf_counter()
-        torch.manual_seed(config.train.seed)
         probe = run_linear_probe(
             backbone,
             train_set,

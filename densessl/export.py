@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from densessl.config import ModelConfig, from_dict
+from densessl.config import ConfigError, ModelConfig, from_dict
 from densessl.models.backbones import ResNetBackbone, build_backbone
 from densessl.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 
@@ -79,7 +79,7 @@ def load_backbone(weights: str | Path, model: ModelConfig | None = None) -> ResN
     """
     if str(weights) == "random":
         if model is None:
-            raise ValueError("--weights random needs the architecture (--arch ...)")
+            raise ConfigError("--weights random needs the architecture (--arch ...)")
         return build_backbone(model.arch, small_input=model.small_input, width=model.width).eval()
     path = Path(weights)
     if not path.is_file():

@@ -19,6 +19,7 @@ from torch import nn
 
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
+from densessl.methods.mocov2 import MoCoV2Config
 from densessl.models.backbones import ResNetBackbone
 from densessl.models.heads import DenseHead, GlobalHead
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
@@ -26,17 +27,12 @@ from densessl.models.queue import NegativeQueue, queue_infonce
 
 
 @dataclass
-class DenseCLConfig:
-    name: Literal["densecl"] = "densecl"
-    dim: int = 128
-    hidden_dim: int = 2048
-    queue_size: int = 65536
-    temperature: float = 0.2
-    momentum: float = 0.999
-    momentum_schedule: Literal["constant", "cosine"] = "constant"
+class DenseCLConfig(MoCoV2Config):
+    """MoCo-v2's hyper-parameters plus the weight of the dense term."""
+
+    name: Literal["densecl"] = "densecl"  # type: ignore[assignment]
     #: weight of the dense term; the global term gets 1 - loss_lambda
     loss_lambda: float = 0.5
-    shuffle_bn_groups: int = 2
 
 
 class DenseEncoder(nn.Module):
@@ -45,7 +41,7 @@ class DenseEncoder(nn.Module):
     def __init__(self, backbone: ResNetBackbone, hidden_dim: int, dim: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.global_head = GlobalHead(backbone.out_channels, hidden_dim, dim)
+        self.global_head = GlobalHead(backbone.out_channels, hidden_dim, dim, kaiming_init=True)
         self.dense_head = DenseHead(backbone.out_channels, hidden_dim, dim)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -50,9 +50,14 @@ def build_mlp(
 class GlobalHead(nn.Module):
     """Global average pool of a dense map followed by an MLP (MoCo-v2's ``fc`` head)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, kaiming_init: bool = False) -> None:
         super().__init__()
         self.mlp = build_mlp([in_dim, hidden_dim, out_dim])
+        if kaiming_init:  # DenseCL's neck: Kaiming-normal (fan_in, ReLU) Linear weights, zero bias
+            for layer in self.mlp:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return self.mlp(dense.mean(dim=(2, 3)))
