@@ -98,7 +98,11 @@ def run_demo(
         )
     summary = {
         "method": method,
-        "backbone": {"arch": config.model.arch, "small_input": config.model.small_input, "width": config.model.width},
+        "backbone": {
+            "arch": config.model.arch,
+            "small_input": config.model.small_input,
+            "width": config.model.width,
+        },
         "pretrain_steps": result["step"],
         "pretrain_minutes": pretrain_minutes,
         "probe": {

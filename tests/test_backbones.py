@@ -37,7 +37,13 @@ def test_width_scales_channels_but_keeps_names():
 
 def test_mlp_numbering_matches_the_references():
     slotcon = build_mlp([8, 16, 16, 4], norm=True, activation="gelu", spatial=True)
-    assert [k.split(".")[0] for k in slotcon.state_dict() if k.endswith("weight")] == ["0", "1", "3", "4", "6"]
+    assert [k.split(".")[0] for k in slotcon.state_dict() if k.endswith("weight")] == [
+        "0",
+        "1",
+        "3",
+        "4",
+        "6",
+    ]
     mgc = build_mlp([8, 16, 16, 4], norm=True, bias=False, last_norm="bn_noaffine")
     assert "7.running_mean" in mgc.state_dict() and "7.weight" not in mgc.state_dict()
     moco = build_mlp([8, 16, 4])

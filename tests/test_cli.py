@@ -16,12 +16,32 @@ def last_json(out: str) -> dict:
 def test_synth_then_seg_probe_on_the_voc_layout(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "voc"), "--train", "12", "--val", "6"]) == 0
     root = Path(last_json(capsys.readouterr().out)["voc_root"])
-    assert (root / "ImageSets/Segmentation/train.txt").read_text().split() == [f"train_{i:06d}" for i in range(12)]
+    assert (root / "ImageSets/Segmentation/train.txt").read_text().split() == [
+        f"train_{i:06d}" for i in range(12)
+    ]
     assert len(VOCSegmentation(root, "val")) == 6
-    code = main([
-        "eval", "seg-probe", "--weights", "random", "--arch", "resnet18", "--small-input", "--width", "0.25",
-        "--data", f"voc:{tmp_path / 'voc'}", "--image-size", "64", "--epochs", "2", "--seeds", "0", "1",
-    ])
+    code = main(
+        [
+            "eval",
+            "seg-probe",
+            "--weights",
+            "random",
+            "--arch",
+            "resnet18",
+            "--small-input",
+            "--width",
+            "0.25",
+            "--data",
+            f"voc:{tmp_path / 'voc'}",
+            "--image-size",
+            "64",
+            "--epochs",
+            "2",
+            "--seeds",
+            "0",
+            "1",
+        ]
+    )
     result = last_json(capsys.readouterr().out)
     assert code == 0
     assert result["protocol"] == "seg-probe" and len(result["miou_per_seed"]) == 2

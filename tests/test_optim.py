@@ -20,8 +20,14 @@ def test_cosine_per_epoch_changes_only_at_epoch_starts():
 
 
 def test_warmup_then_cosine_per_iteration():
-    cfg = OptimConfig(lr=2.0, schedule="cosine", schedule_unit="iteration", warmup_epochs=1,
-                      warmup_start_factor=0.01, min_lr=1e-6)
+    cfg = OptimConfig(
+        lr=2.0,
+        schedule="cosine",
+        schedule_unit="iteration",
+        warmup_epochs=1,
+        warmup_start_factor=0.01,
+        min_lr=1e-6,
+    )
     assert lr_at(cfg, 0, 10, 5) == pytest.approx(0.02)
     assert lr_at(cfg, 5, 10, 5) == pytest.approx(0.02 + (2.0 - 0.02) * 0.5)
     assert lr_at(cfg, 10, 10, 5) == pytest.approx(2.0)
