@@ -159,3 +159,18 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(losses(tmp_path / "ddp")) == [1, 2, 3]
     assert (tmp_path / "ddp/checkpoints/last.pt").is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "adamw"])
+def test_fp16_with_grad_scaler_and_other_optimizers(tmp_path, optimizer):
+    overrides = [
+        *TINY,
+        "train.precision=fp16",
+        f"optim.name={optimizer}",
+        "optim.clip_grad=3.0",
+        "train.max_steps=2",
+    ]
+    result = Trainer(load_config(QUICK, overrides), tmp_path / "run").fit()
+    ckpt = torch.load(result["checkpoint"], weights_only=False)
+    assert result["step"] == 2 and ckpt["scaler"] is not None
+    assert all(np.isfinite(v) for v in losses(tmp_path / "run").values())
