@@ -1,0 +1,1 @@
+"""Evaluation of frozen backbones: the segmentation metric core and the dense linear probe."""

@@ -1,0 +1,1 @@
+"""Networks shared by all methods: backbones, heads, momentum teachers, negative queues."""

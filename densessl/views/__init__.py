@@ -1,0 +1,1 @@
+"""Views: crops with exact geometry (boxes, flips, constraints) and their batching."""
