@@ -60,7 +60,7 @@ def test_overrides_apply_to_nested_keys_lists_and_all_views():
         ("method.lamda=0.3", "unknown key 'method.lamda' in method; valid keys: name, dim"),
         ("optim.name=adam", "optim.name: invalid value 'adam'; valid choices: sgd, lars, adamw"),
         ("train.epochs=many", "train.epochs must be an integer, got 'many'"),
-        ("method.name=simclr", "method.name: invalid value 'simclr'; valid choices: densecl, mocov2"),
+        ("method.name=simclr", "invalid value 'simclr'; valid choices: densecl, mocov2, slotcon"),
         ("views.5.crop.size=3", "not an index of a list of 2 items"),
         ("trainepochs", "must look like key.sub=value"),
     ],
