@@ -129,3 +129,57 @@ def test_disjoint_crops_are_left_out_of_the_group_loss():
     views.boxes[0] = torch.tensor([[0, 0, 8, 8], [10, 10, 6, 6]])
     out = model(views, Step(0, 10, 0, torch.Generator().manual_seed(0)))
     assert float(out["overlap_fraction"]) == 0.75 and torch.isfinite(out["loss"])
+
+
+def slot_case():
+    g = torch.Generator().manual_seed(3)
+    predicted = torch.randn(4, 3, 4, generator=g)
+    keys = torch.randn(4, 3, 4, generator=g)
+    student = torch.rand(4, 3, generator=g) > 0.3
+    teacher = torch.rand(4, 3, generator=g) > 0.3
+    return predicted, keys, student, teacher
+
+
+def slot_loss_by_hand(rows: range) -> float:
+    predicted, keys, student, teacher = slot_case()
+    active = [(b, k) for b in range(4) for k in range(3) if teacher[b, k]]
+    queries = [(b, k) for b in rows for k in range(3) if student[b, k] and teacher[b, k]]
+    total = 0.0
+    for b, k in queries:
+        q = F.normalize(predicted[b, k], dim=0)
+        logits = torch.stack([q @ F.normalize(keys[bb, kk], dim=0) for bb, kk in active]) / 0.2
+        total += float(-F.log_softmax(logits, dim=0)[active.index((b, k))])
+    return total / len(queries) * 0.4
+
+
+def _slot_worker(rank: int, world: int, port: int, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        predicted, keys, student, teacher = (t.chunk(world)[rank] for t in slot_case())
+        queue.put((rank, float(slot_contrast(predicted, student, keys, teacher, 0.2))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_slot_targets_point_at_the_right_keys_with_two_processes():
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import free_port
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_slot_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in range(2))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert math.isclose(results[0], slot_loss_by_hand(range(0, 2)), rel_tol=1e-5)
+    assert math.isclose(results[1], slot_loss_by_hand(range(2, 4)), rel_tol=1e-5)

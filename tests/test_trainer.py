@@ -174,3 +174,23 @@ def test_fp16_with_grad_scaler_and_other_optimizers(tmp_path, optimizer):
     ckpt = torch.load(result["checkpoint"], weights_only=False)
     assert result["step"] == 2 and ckpt["scaler"] is not None
     assert all(np.isfinite(v) for v in losses(tmp_path / "run").values())
+
+
+def test_slotcon_resume_restores_momentum_counter_and_losses(tmp_path):
+    recipe = ROOT / "configs/quick/slotcon_synthetic.yaml"
+    tiny = [o for o in TINY if not o.startswith("method.")] + [
+        "method.num_prototypes=8",
+        "method.hidden_dim=16",
+    ]
+
+    def metrics(run_dir: Path) -> dict[int, dict]:
+        return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+    Trainer(load_config(recipe, [*tiny, "train.max_steps=6"]), tmp_path / "full").fit()
+    Trainer(load_config(recipe, [*tiny, "train.max_steps=3"]), tmp_path / "cut").fit()
+    Trainer(load_config(recipe, [*tiny, "train.max_steps=6"]), tmp_path / "cut", resume="auto").fit()
+    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
+    for step in range(4, 7):
+        assert cut[step]["momentum"] == pytest.approx(full[step]["momentum"], abs=1e-9)
+        assert cut[step]["loss"] == pytest.approx(full[step]["loss"], abs=1e-5)
+    assert full[6]["momentum"] > full[1]["momentum"]  # cosine schedule by iteration
