@@ -31,11 +31,15 @@ def torchvision_reference(arch: str, small_input: bool = False) -> nn.Module:
     return model
 
 
-def encoder_from_checkpoint(path: str | Path) -> tuple[ResNetBackbone, dict[str, Any]]:
-    """Rebuild the method of a training checkpoint and return the backbone it exports."""
+def encoder_from_checkpoint(
+    path: str | Path, ckpt: dict[str, Any] | None = None
+) -> tuple[ResNetBackbone, dict[str, Any]]:
+    """Rebuild the method of a training checkpoint and return the backbone it exports
+    (``ckpt``: the already loaded checkpoint, to avoid reading it again)."""
     from densessl.training.trainer import build_model
 
-    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
     config = from_dict(ckpt["config"])
     method = build_model(config)
     method.load_state_dict(ckpt["model"])
@@ -86,7 +90,7 @@ def load_backbone(weights: str | Path, model: ModelConfig | None = None) -> ResN
         raise CheckpointError(f"weights not found: {path}")
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return encoder_from_checkpoint(path)[0]
+        return encoder_from_checkpoint(path, obj)[0]
     sidecar = Path(f"{path}.json")
     if sidecar.is_file():
         spec = json.loads(sidecar.read_text())["model"]

@@ -8,7 +8,7 @@ of the returned dict is logged. The trainer never names a method: it looks it up
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +30,6 @@ class Views:
     boxes: torch.Tensor
     flips: torch.Tensor
     image_sizes: torch.Tensor
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -57,7 +57,6 @@ class ResNetBackbone(tv_resnet.ResNet):
         self.arch = arch
         self.small_input = small_input
         self.out_channels = self._scaled(512) * block.expansion
-        self.stride = 8 if small_input else 32
 
     def _scaled(self, planes: int) -> int:
         return max(1, int(round(planes * self._width)))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -136,6 +138,7 @@ class Trainer:
         self.resume = resume
         self.device = dist.init_from_environment()
         self.is_main = dist.is_main_process()
+        self._saved_step: int | None = None
 
     # ------------------------------------------------------------------------------------------
     def _resume_path(self) -> Path | None:
@@ -163,10 +166,15 @@ class Trainer:
             "rng": rng_state(),
         }
         ckpt_dir = self.run_dir / "checkpoints"
-        path = save_atomic(state, ckpt_dir / name)
-        if name != LAST:
-            save_atomic(state, ckpt_dir / LAST)
-        return path
+        last = save_atomic(state, ckpt_dir / LAST)
+        self._saved_step = step
+        if name == LAST:
+            return last
+        # serialise once; the epoch file is a copy, written atomically like the original
+        tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(last, tmp)
+        os.replace(tmp, ckpt_dir / name)
+        return ckpt_dir / name
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -356,7 +364,9 @@ class Trainer:
 
         final = None
         if self.is_main:
-            final = self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, LAST)
+            final = self.run_dir / "checkpoints" / LAST
+            if self._saved_step != step:
+                self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, LAST)
             if writer is not None:
                 writer.close()
         dist.barrier()
