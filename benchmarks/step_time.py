@@ -1,4 +1,4 @@
-"""Training-step time of MoCo-v2 and DenseCL on one batch, and the framework's overhead.
+"""Training-step time of MoCo-v2, DenseCL and SlotCon on one batch, and the framework's overhead.
 
 For each setting it times, on the same batch of views:
 - one full training step per method (photometric augmentation of both views on the device,
@@ -6,7 +6,7 @@ For each setting it times, on the same batch of views:
 - the bare backbone work those steps cannot avoid: forward + backward of the backbone on the
   query view, forward of the backbone on the key view (no heads, no loss, no optimiser).
 
-It prints milliseconds per step, the DenseCL / MoCo-v2 ratio and step / bare-backbone ratios,
+It prints milliseconds per step, each method's ratio to MoCo-v2 and step / bare-backbone ratios,
 and the same figures as one JSON line. Usage::
 
     python benchmarks/step_time.py                      # ResNet-50/224 (batch 16) and the quick recipe
@@ -34,10 +34,12 @@ SETTINGS = {
     "r50-224": {
         "densecl": "configs/densecl/coco_r50_800ep.yaml",
         "mocov2": "configs/mocov2/coco_r50_800ep.yaml",
+        "slotcon": "configs/slotcon/coco_r50_800ep.yaml",
     },
     "quick": {
         "densecl": "configs/quick/densecl_synthetic.yaml",
         "mocov2": "configs/quick/mocov2_synthetic.yaml",
+        "slotcon": "configs/quick/slotcon_synthetic.yaml",
     },
 }
 
@@ -88,9 +90,12 @@ def measure_method(
     sizes = [v.crop.size for v in config.views]
     batch_data = {
         "crops": [torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g) for s in sizes],
-        "boxes": torch.zeros(batch, len(sizes), 4, dtype=torch.long),
+        # overlapping boxes (the second view shifted by a quarter) so SlotCon's alignment does real work
+        "boxes": torch.tensor([[i * max(sizes) // 4, 0, max(sizes), max(sizes)] for i in range(len(sizes))])
+        .expand(batch, -1, -1)
+        .clone(),
         "flips": torch.zeros(batch, len(sizes), dtype=torch.bool),
-        "image_sizes": torch.full((batch, 2), max(sizes)),
+        "image_sizes": torch.full((batch, 2), 2 * max(sizes)),
     }
     counter = [0]
 
@@ -109,7 +114,10 @@ def measure_method(
         optimizer.step()
         counter[0] += 1
 
-    backbone = method.export_encoder()
+    # a trainable copy: the exported encoder is the frozen teacher for some methods
+    backbone = build_model(config).export_encoder().to(device).requires_grad_(True)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     xq = torch.randn(batch, 3, sizes[0], sizes[0], device=device).contiguous(memory_format=fmt)
     xk = torch.randn(batch, 3, sizes[1], sizes[1], device=device).contiguous(memory_format=fmt)
@@ -143,7 +151,9 @@ def measure(
     results: dict = {"setting": setting, "batch": batch}
     for name, recipe in SETTINGS[setting].items():
         results[name] = measure_method(recipe, batch, iters, warmup, device, precision, channels_last)
-    results["densecl_over_mocov2"] = results["densecl"]["step_ms"] / results["mocov2"]["step_ms"]
+    for name in SETTINGS[setting]:
+        if name != "mocov2":
+            results[f"{name}_over_mocov2"] = results[name]["step_ms"] / results["mocov2"]["step_ms"]
     return results
 
 
@@ -171,13 +181,15 @@ def main() -> None:
         r = measure(setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last)
         report["runs"].append(r)
         print(f"[{setting}, batch {batch}, {device}]")
-        for name in ("mocov2", "densecl"):
+        for name in SETTINGS[setting]:
             m = r[name]
             print(
                 f"  {name:8s} step {m['step_ms']:9.1f} ms  bare backbone {m['bare_backbone_ms']:9.1f} ms  "
                 f"overhead x{m['overhead']:.2f}  {m['images_per_s']:.1f} img/s"
             )
-        print(f"  DenseCL / MoCo-v2 step time: {r['densecl_over_mocov2']:.3f}")
+        for name in SETTINGS[setting]:
+            if name != "mocov2":
+                print(f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}")
     print(json.dumps(report))
 
 

@@ -66,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--synthetic-val", type=int, default=300)
     e.add_argument("--device", default=None)
 
+    p = sub.add_parser("viz", help="pictures of what a model learned")
+    viz = p.add_subparsers(dest="picture", required=True)
+    v = viz.add_parser("prototypes", help="top images of learned prototypes, their pixels tinted (PNG)")
+    v.add_argument("checkpoint", help="training checkpoint of a method with prototypes (SlotCon)")
+    v.add_argument("--data", required=True, help="image folder, folder:DIR, coco:ROOT or synthetic[:preset]")
+    v.add_argument("--topk", type=int, default=5, help="images per prototype")
+    v.add_argument("--sampling", type=int, default=20, help="prototypes shown, drawn at random (0: all used)")
+    v.add_argument("--out", default="protos.png")
+    v.add_argument("--size", type=int, default=None, help="centre crop (default: the pre-training crop)")
+    v.add_argument("--resize", type=int, default=None, help="short side before the crop (default size*8/7)")
+    v.add_argument("--limit", type=int, default=0, help="use only the first N images (synthetic: 300)")
+    v.add_argument("--tile", type=int, default=112, help="pixels per picture in the grid")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--device", default=None)
+
     p = sub.add_parser("data", help="datasets")
     data = p.add_subparsers(dest="action", required=True)
     d = data.add_parser("synth", help="write the synthetic scenes in the PASCAL VOC 2012 layout")
@@ -162,6 +178,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz(args: argparse.Namespace) -> int:
+    import torch
+
+    from densessl.export import method_from_checkpoint
+    from densessl.viz.prototypes import default_sizes, load_images, prototype_source, visualise_prototypes
+
+    method, config = method_from_checkpoint(args.checkpoint)
+    if not method.has_prototypes:
+        raise ConfigError(f"{args.checkpoint}: method '{method.name}' has no prototypes to visualise")
+    size, resize = default_sizes(config, args.size, args.resize)
+    data = load_images(prototype_source(args.data, args.limit), size, resize, args.limit)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    summary = visualise_prototypes(
+        method, data, args.out, args.topk, args.sampling, args.seed, args.tile, args.batch_size, device
+    )
+    print(json.dumps({k: v for k, v in summary.items() if k != "prototypes"}))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from densessl.data.synthetic import resolve_config, write_voc
 
@@ -175,6 +210,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "export": cmd_export,
     "eval": cmd_eval,
+    "viz": cmd_viz,
     "data": cmd_data,
 }
 

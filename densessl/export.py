@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 
 from densessl.config import ConfigError, ModelConfig, from_dict
+from densessl.methods.base import Method
 from densessl.models.backbones import ResNetBackbone, build_backbone
 from densessl.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 
@@ -31,11 +32,9 @@ def torchvision_reference(arch: str, small_input: bool = False) -> nn.Module:
     return model
 
 
-def encoder_from_checkpoint(
-    path: str | Path, ckpt: dict[str, Any] | None = None
-) -> tuple[ResNetBackbone, dict[str, Any]]:
-    """Rebuild the method of a training checkpoint and return the backbone it exports
-    (``ckpt``: the already loaded checkpoint, to avoid reading it again)."""
+def method_from_checkpoint(path: str | Path, ckpt: dict[str, Any] | None = None) -> tuple[Method, Any]:
+    """Rebuild the method of a training checkpoint with its weights; returns (method, config).
+    ``ckpt``: the already loaded checkpoint, to avoid reading it again."""
     from densessl.training.trainer import build_model
 
     if ckpt is None:
@@ -43,6 +42,17 @@ def encoder_from_checkpoint(
     config = from_dict(ckpt["config"])
     method = build_model(config)
     method.load_state_dict(ckpt["model"])
+    return method.eval(), config
+
+
+def encoder_from_checkpoint(
+    path: str | Path, ckpt: dict[str, Any] | None = None
+) -> tuple[ResNetBackbone, dict[str, Any]]:
+    """Rebuild the method of a training checkpoint and return the backbone it exports
+    (``ckpt``: the already loaded checkpoint, to avoid reading it again)."""
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
+    method, config = method_from_checkpoint(path, ckpt)
     info = {
         "method": config.method.name,
         "encoder": method.export_description,

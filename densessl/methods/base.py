@@ -67,6 +67,16 @@ class Method(nn.Module):
     #: a short sentence saying which encoder ``export_encoder`` returns
     export_description: ClassVar[str] = "query encoder"
 
+    @property
+    def has_prototypes(self) -> bool:
+        """Whether :meth:`prototype_scores` is implemented."""
+        return type(self).prototype_scores is not Method.prototype_scores
+
+    def prototype_scores(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Cosine scores (B, K, h, w) of the exported branch's dense embeddings against the
+        method's learned prototypes, or ``None`` for a method without prototypes."""
+        return None
+
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -246,3 +246,9 @@ class SlotCon(Method):
 
     def export_encoder(self) -> ResNetBackbone:
         return self.encoder_k
+
+    @torch.no_grad()
+    def prototype_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's cosine scores (spec A6): prototypes of ``grouping_k`` against
+        ``projector_k(encoder_k(x))``."""
+        return self.grouping_k(self.projector_k(self.encoder_k(images)))[1]
