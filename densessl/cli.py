@@ -18,6 +18,7 @@ from densessl.data.base import DataError
 from densessl.training.checkpoint import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+FORMAT_NAMES = ("torchvision", "timm", "safetensors", "detectron2", "mmdet", "mmseg", "vit")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("overrides", nargs="*", help="overrides of the quick recipe")
 
-    p = sub.add_parser("export", help="write the backbone of a training checkpoint")
+    p = sub.add_parser("export", help="convert a checkpoint's backbone for a downstream framework")
+    p.add_argument("checkpoint", help="densessl checkpoint, or a MoCo / DenseCL / SlotCon / MGC one")
+    p.add_argument("--out", required=True, help="output file, e.g. backbone.pth, backbone.pkl")
+    p.add_argument(
+        "--to",
+        default=None,
+        choices=list(FORMAT_NAMES),
+        help="target format (default: torchvision for a ResNet, timm for a ViT)",
+    )
+    p.add_argument("--encoder", default=None, help="query or teacher (default: the one the method exports)")
+    p.add_argument(
+        "--num-heads", type=int, default=None, help="ViT attention heads, if the file does not say"
+    )
+
+    p = sub.add_parser("inspect", help="say what a checkpoint holds")
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="output file, e.g. backbone.pth")
 
     p = sub.add_parser("eval", help="evaluate a backbone")
     evals = p.add_subparsers(dest="protocol", required=True)
@@ -122,10 +136,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from densessl.export import export_backbone
+    from densessl.export import export
 
-    info = export_backbone(args.checkpoint, args.out)
+    info = export(args.checkpoint, args.out, to=args.to, encoder=args.encoder, num_heads=args.num_heads)
     print(json.dumps({"out": args.out, **info}))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from densessl.export import inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint)
+    print(
+        f"{report['path']}: {report['layout']} checkpoint"
+        + (f" of {report['method']}" if report["method"] else "")
+    )
+    if report["epoch"] is not None or report["step"] is not None:
+        print(f"  progress: epoch {report['epoch']}, step {report['step']}")
+    print(f"  backbone: {report['backbone']}")
+    for key, value in report.get("config", {}).items():
+        print(f"  {key}: {value}")
+    for role, counts in report["encoders"].items():
+        mark = "  <- exported" if role == report["exported_encoder"] else ""
+        print(f"  encoder '{role}': {counts['parameters']:,} parameters in {counts['tensors']} tensors{mark}")
+    print(f"  export formats: {', '.join(report['formats'])}")
+    print(json.dumps(report))
     return 0
 
 
@@ -209,6 +244,7 @@ COMMANDS = {
     "pretrain": cmd_pretrain,
     "demo": cmd_demo,
     "export": cmd_export,
+    "inspect": cmd_inspect,
     "eval": cmd_eval,
     "viz": cmd_viz,
     "data": cmd_data,

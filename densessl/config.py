@@ -29,12 +29,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
-    #: 3x3 stride-1 stem without max-pool: output stride 8 for 64-96 px images
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "vit_tiny", "vit_small", "vit_base"] = (
+        "resnet50"
+    )
+    #: ResNet: 3x3 stride-1 stem without max-pool: output stride 8 for 64-96 px images
     small_input: bool = False
-    #: channel multiplier of every stage (1.0 = torchvision's widths)
+    #: ResNet: channel multiplier of every stage (1.0 = torchvision's widths)
     width: float = 1.0
+    #: ResNet: zero-initialised last BN gamma of each residual block
     zero_init_residual: bool = False
+    #: ViT: patch size, and the image size its position table is laid out for
+    patch_size: int = 16
+    img_size: int = 224
+    #: ViT: attention heads (None: timm's default for the width; MGC's ViT-S uses 8)
+    num_heads: int | None = None
+    #: ViT: stochastic depth of the trained network
+    drop_path_rate: float = 0.0
 
 
 @dataclass

@@ -10,7 +10,8 @@ from densessl.cli import main
 from densessl.config import ConfigError, load_config, save_config
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = sorted((ROOT / "configs").rglob("*.yaml"))
+# densessl recipes; configs/transfer holds other frameworks' configs
+RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "transfer" not in p.parts)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "configs")))

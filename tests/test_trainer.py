@@ -106,7 +106,7 @@ def test_export_loads_into_torchvision_resnet_strict(tmp_path):
     overrides = [*TINY, "model.width=1.0", "model.small_input=false", "train.max_steps=1"]
     result = Trainer(load_config(QUICK, overrides), tmp_path / "run").fit()
     info = export_backbone(result["checkpoint"], tmp_path / "backbone.pth")
-    assert info["method"] == "densecl" and info["encoder"] == "query encoder"
+    assert info["method"] == "densecl" and info["encoder"] == "query"
     state = torch.load(tmp_path / "backbone.pth", weights_only=True)
     reference = torchvision_reference("resnet18")
     reference.load_state_dict(state, strict=True)

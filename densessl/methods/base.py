@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from densessl.models.backbones import ResNetBackbone
+from densessl.models.backbones import Backbone
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Step:
     generator: torch.Generator
 
 
-BackboneFactory = Callable[[], ResNetBackbone]
+BackboneFactory = Callable[[], Backbone]
 
 
 class Method(nn.Module):
@@ -60,12 +60,21 @@ class Method(nn.Module):
     def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def export_encoder(self) -> ResNetBackbone:  # pragma: no cover
-        """The backbone handed to downstream tasks (query encoder, or teacher for SlotCon)."""
-        raise NotImplementedError
+    #: role -> dotted path of that backbone in the method: the ``query`` encoder is trained by
+    #: gradient, the ``teacher`` (momentum / key encoder) follows it by EMA
+    encoders: ClassVar[dict[str, str]] = {"query": "encoder_q.backbone", "teacher": "encoder_k.backbone"}
+    #: the role handed to downstream tasks (spec 6.2: the query encoder, SlotCon's teacher)
+    exported_role: ClassVar[str] = "query"
 
-    #: a short sentence saying which encoder ``export_encoder`` returns
-    export_description: ClassVar[str] = "query encoder"
+    def encoder(self, role: str) -> Backbone:
+        """The backbone playing ``role`` (a key of :attr:`encoders`)."""
+        if role not in self.encoders:
+            raise KeyError(f"{self.name} has no '{role}' encoder; it has {', '.join(self.encoders)}")
+        return self.get_submodule(self.encoders[role])
+
+    def export_encoder(self) -> Backbone:
+        """The backbone handed to downstream tasks."""
+        return self.encoder(self.exported_role)
 
     @property
     def has_prototypes(self) -> bool:

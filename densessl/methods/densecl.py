@@ -20,7 +20,7 @@ from torch import nn
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
 from densessl.methods.mocov2 import MoCoV2Config
-from densessl.models.backbones import ResNetBackbone
+from densessl.models.backbones import Backbone
 from densessl.models.heads import DenseHead, GlobalHead
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
@@ -38,7 +38,7 @@ class DenseCLConfig(MoCoV2Config):
 class DenseEncoder(nn.Module):
     """Backbone with DenseCL's neck: global projection, dense projection, pooled dense vector."""
 
-    def __init__(self, backbone: ResNetBackbone, hidden_dim: int, dim: int) -> None:
+    def __init__(self, backbone: Backbone, hidden_dim: int, dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.global_head = GlobalHead(backbone.out_channels, hidden_dim, dim, kaiming_init=True)
@@ -116,6 +116,3 @@ class DenseCL(Method):
             "loss_dense": loss_dense.detach(),
             "momentum": torch.tensor(m),
         }
-
-    def export_encoder(self) -> ResNetBackbone:
-        return self.encoder_q.backbone

@@ -17,7 +17,7 @@ from torch import nn
 
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
-from densessl.models.backbones import ResNetBackbone
+from densessl.models.backbones import Backbone
 from densessl.models.heads import GlobalHead
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
@@ -39,7 +39,7 @@ class MoCoV2Config:
 class Encoder(nn.Module):
     """Backbone plus global projection head; returns the dense map and the projection."""
 
-    def __init__(self, backbone: ResNetBackbone, hidden_dim: int, dim: int) -> None:
+    def __init__(self, backbone: Backbone, hidden_dim: int, dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = GlobalHead(backbone.out_channels, hidden_dim, dim)
@@ -73,6 +73,3 @@ class MoCoV2(Method):
         loss = queue_infonce(q, k, self.queue.keys, cfg.temperature)
         self.queue.push(all_gather(k))
         return {"loss": loss, "momentum": torch.tensor(m)}
-
-    def export_encoder(self) -> ResNetBackbone:
-        return self.encoder_q.backbone

@@ -30,7 +30,6 @@ from torchvision.ops import roi_align
 
 from densessl.distributed import all_gather, all_reduce_mean, rank
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
-from densessl.models.backbones import ResNetBackbone
 from densessl.models.heads import build_mlp
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.views.geometry import overlap_boxes_batch
@@ -148,7 +147,8 @@ def slot_contrast(
 class SlotCon(Method):
     name = "slotcon"
     config_class = SlotConConfig
-    export_description = "teacher (momentum) encoder"
+    encoders = {"query": "encoder_q", "teacher": "encoder_k"}
+    exported_role = "teacher"
 
     def __init__(self, config: SlotConConfig, backbone_factory: BackboneFactory) -> None:
         super().__init__()
@@ -243,9 +243,6 @@ class SlotCon(Method):
         mean = all_reduce_mean(teacher_scores.mean(dim=(0, 2, 3)).unsqueeze(0))
         m = self.config.center_momentum
         self.center.mul_(m).add_(mean, alpha=1 - m)
-
-    def export_encoder(self) -> ResNetBackbone:
-        return self.encoder_k
 
     @torch.no_grad()
     def prototype_scores(self, images: torch.Tensor) -> torch.Tensor:

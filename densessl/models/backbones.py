@@ -13,10 +13,15 @@ so exporting it needs no renaming. Two additions serve small images:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
+
+if TYPE_CHECKING:
+    from densessl.config import ModelConfig
+    from densessl.models.vit import ViTBackbone
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
@@ -78,8 +83,48 @@ class ResNetBackbone(tv_resnet.ResNet):
         return dense, torch.flatten(self.avgpool(dense), 1)
 
 
+#: every backbone a method can be built on: a dense map from ``forward``, ``out_channels``
+Backbone: TypeAlias = "ResNetBackbone | ViTBackbone"
+
+
 def build_backbone(
     arch: str, *, small_input: bool = False, width: float = 1.0, zero_init_residual: bool = False
 ) -> ResNetBackbone:
-    """Build a backbone by name (see :data:`ARCHITECTURES`)."""
+    """Build a ResNet backbone by name (see :data:`ARCHITECTURES`)."""
     return ResNetBackbone(arch, small_input=small_input, width=width, zero_init_residual=zero_init_residual)
+
+
+def backbone_from_config(model: ModelConfig) -> Backbone:
+    """The backbone a :class:`~densessl.config.ModelConfig` describes (ResNet or ViT)."""
+    from densessl.models.vit import VIT_ARCHITECTURES, ViTBackbone
+
+    if model.arch in VIT_ARCHITECTURES:
+        return ViTBackbone(
+            model.arch,
+            patch_size=model.patch_size,
+            img_size=model.img_size,
+            num_heads=model.num_heads,
+            drop_path_rate=model.drop_path_rate,
+        )
+    return build_backbone(
+        model.arch,
+        small_input=model.small_input,
+        width=model.width,
+        zero_init_residual=model.zero_init_residual,
+    )
+
+
+def describe_backbone(backbone: nn.Module) -> dict[str, Any]:
+    """The :class:`~densessl.config.ModelConfig` fields that rebuild ``backbone`` (for sidecars)."""
+    from densessl.models.vit import ViTBackbone
+
+    if isinstance(backbone, ViTBackbone):
+        return {
+            "arch": backbone.arch,
+            "patch_size": backbone.patch_size,
+            "img_size": int(backbone.patch_embed.img_size[0]),
+            "num_heads": backbone.num_heads,
+        }
+    if isinstance(backbone, ResNetBackbone):
+        return {"arch": backbone.arch, "small_input": backbone.small_input, "width": backbone._width}
+    raise TypeError(f"not a densessl backbone: {type(backbone).__name__}")

@@ -31,7 +31,7 @@ from densessl.augment import apply_photometric, normalize
 from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
 from densessl.data.sources import parse_source
 from densessl.methods import Method, Step, Views, build_method
-from densessl.models.backbones import build_backbone
+from densessl.models.backbones import backbone_from_config
 from densessl.training.checkpoint import (
     FORMAT,
     LAST,
@@ -54,17 +54,7 @@ class TrainingError(RuntimeError):
 
 def build_model(config: ExperimentConfig) -> Method:
     """The configured method with its backbone (same initialisation for the same seed)."""
-    model_cfg = config.model
-
-    def factory():
-        return build_backbone(
-            model_cfg.arch,
-            small_input=model_cfg.small_input,
-            width=model_cfg.width,
-            zero_init_residual=model_cfg.zero_init_residual,
-        )
-
-    return build_method(config.method, factory)
+    return build_method(config.method, lambda: backbone_from_config(config.model))
 
 
 def prepare_views(

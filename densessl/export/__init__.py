@@ -1,0 +1,196 @@
+"""Backbones out of checkpoints: export to downstream formats, inspect, and load for evaluation.
+
+- :func:`export` reads any checkpoint :mod:`densessl.export.layouts` recognises (densessl's, or
+  the MoCo / DenseCL / SlotCon / MGC reference layouts), takes the encoder its method exports
+  (or the one asked for), converts it to a target of :mod:`densessl.export.formats`, checks the
+  key set and the shapes, and writes the file plus ``<file>.json`` (architecture, source,
+  encoder) so densessl can rebuild the network later.
+- :func:`load_backbone` gives a ready backbone from ``random``, any such checkpoint or export.
+- :func:`inspect_checkpoint` says what a checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from densessl.config import ConfigError, ModelConfig, from_dict
+from densessl.export.formats import FORMATS, convert, default_format, family, torchvision_reference
+from densessl.export.layouts import CheckpointContents, read_checkpoint
+from densessl.methods.base import Method
+from densessl.models.backbones import Backbone, backbone_from_config
+from densessl.training.checkpoint import CheckpointError, load_checkpoint
+
+__all__ = [
+    "FORMATS",
+    "export",
+    "export_backbone",
+    "inspect_checkpoint",
+    "load_backbone",
+    "method_from_checkpoint",
+    "read_checkpoint",
+    "torchvision_reference",
+]
+
+
+def method_from_checkpoint(path: str | Path, ckpt: dict[str, Any] | None = None) -> tuple[Method, Any]:
+    """Rebuild the method of a densessl training checkpoint with its weights: (method, config).
+    ``ckpt``: the already loaded checkpoint, to avoid reading it again."""
+    from densessl.training.trainer import build_model
+
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
+    config = from_dict(ckpt["config"])
+    method = build_model(config)
+    method.load_state_dict(ckpt["model"])
+    return method.eval(), config
+
+
+def model_config(model: dict[str, Any]) -> ModelConfig:
+    """A :class:`ModelConfig` from an architecture dict (unknown fields ignored)."""
+    fields = set(ModelConfig.__dataclass_fields__)
+    return ModelConfig(**{k: v for k, v in model.items() if k in fields and v is not None})
+
+
+def build_encoder(state: dict[str, torch.Tensor], model: dict[str, Any], where: str) -> Backbone:
+    """The densessl backbone for ``model`` with ``state`` loaded strictly (names and shapes)."""
+    backbone = backbone_from_config(model_config(model))
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{where}: weights do not fit a {model['arch']}: {' '.join(first[:3])}"
+        ) from None
+    return backbone.eval()
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    to: str | None = None,
+    encoder: str | None = None,
+    num_heads: int | None = None,
+) -> dict[str, Any]:
+    """Convert the exported (or ``encoder``) backbone of ``checkpoint`` to format ``to`` at ``out``.
+
+    Nothing is written unless the converted names equal the target's exact key set and the
+    weights load strictly (names and shapes) into the architecture they claim.
+    """
+    contents = read_checkpoint(checkpoint, num_heads=num_heads)
+    role, state = contents.encoder(encoder)
+    fmt = to or default_format(contents.model)
+    build_encoder(state, contents.model, str(checkpoint))  # shapes and names fit the architecture
+    converted = convert(state, contents.model, fmt)
+    out = Path(out)
+    suffixes = FORMATS[fmt].suffixes
+    if out.suffix not in suffixes:
+        raise ConfigError(f"--out {out}: a {fmt} file should end in {' or '.join(suffixes)}")
+    info = {
+        "format": fmt,
+        "model": contents.model,
+        "encoder": role,
+        "method": contents.method,
+        "layout": contents.layout,
+        "epoch": contents.epoch,
+        "step": contents.step,
+        "num_tensors": len(converted),
+        "source": str(checkpoint),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    FORMATS[fmt].save(converted, tmp, info)
+    tmp.replace(out)
+    Path(f"{out}.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """The default export: torchvision names for a ResNet, timm names for a ViT."""
+    return export(checkpoint, out)
+
+
+def load_backbone(
+    weights: str | Path, model: ModelConfig | None = None, encoder: str | None = None
+) -> Backbone:
+    """A backbone for evaluation from ``random``, any checkpoint :func:`read_checkpoint` reads,
+    or an exported file (rebuilt from its ``.json`` sidecar, else from its weights).
+
+    ``random`` needs ``model`` (the architecture).
+    """
+    if str(weights) == "random":
+        if model is None:
+            raise ConfigError("--weights random needs the architecture (--arch ...)")
+        return backbone_from_config(model).eval()
+    if not Path(weights).is_file():
+        raise CheckpointError(f"weights not found: {weights}")
+    contents = read_checkpoint(weights)
+    _, state = contents.encoder(encoder)
+    arch = dict(contents.model)
+    if model is not None and contents.layout not in ("densessl",):
+        given = {"arch": model.arch, "small_input": model.small_input, "width": model.width}
+        if family(arch) == "resnet" and any(arch.get(k) != v for k, v in given.items()):
+            raise CheckpointError(f"{weights} holds a {describe(arch)}, not the {describe(given)} asked for")
+    return build_encoder(state, arch, str(weights))
+
+
+def describe(model: dict[str, Any]) -> str:
+    """'resnet50', 'resnet18 (small input, width 0.25)', 'vit_small/16'."""
+    if family(model) == "vit":
+        return f"{model['arch']}/{model.get('patch_size', 16)}"
+    extras = [
+        e
+        for e in (
+            "small input" if model.get("small_input") else "",
+            f"width {model['width']:g}" if model.get("width", 1) != 1 else "",
+        )
+        if e
+    ]
+    return model["arch"] + (f" ({', '.join(extras)})" if extras else "")
+
+
+def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
+    """What ``path`` holds: layout, method, progress, config summary, encoders and the export."""
+    contents: CheckpointContents = read_checkpoint(path)
+    report: dict[str, Any] = {
+        "path": str(path),
+        "layout": contents.layout,
+        "method": contents.method,
+        "epoch": contents.epoch,
+        "step": contents.step,
+        "backbone": describe(contents.model),
+        "encoders": {
+            role: {
+                "tensors": len(state),
+                "parameters": sum(
+                    v.numel()
+                    for k, v in state.items()
+                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                ),
+            }
+            for role, state in contents.encoders.items()
+        },
+        "exported_encoder": contents.default_role,
+        "formats": [name for name, f in FORMATS.items() if family(contents.model) in f.families],
+    }
+    if contents.config is not None:
+        cfg = contents.config
+        report["config"] = {
+            "method": {k: v for k, v in cfg["method"].items() if not isinstance(v, dict | list)},
+            "data": cfg["data"]["source"],
+            "epochs": cfg["train"]["epochs"],
+            "batch_size": cfg["train"]["batch_size"],
+            "optimizer": f"{cfg['optim']['name']} lr {cfg['optim']['lr']}",
+            "views": [v["crop"]["size"] for v in cfg["views"]],
+        }
+    if contents.notes.get("args"):
+        args = contents.notes["args"]
+        report["config"] = {
+            k: args[k]
+            for k in ("arch", "dataset", "epochs", "batch_size", "base_lr", "num_prototypes")
+            if k in args
+        }
+    return report
