@@ -32,59 +32,23 @@ only ever copies existing label values, so ``ignore_index`` pixels stay ignore p
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densessl.augment import normalize
+from densessl.eval.features import extract
+from densessl.eval.features import nearest as _nearest
 from densessl.eval.metrics import AbsentPolicy, ConfusionMatrix
 
 __all__ = ["evaluate_probe", "extract_features", "run_linear_probe", "train_linear_probe"]
 
 Sample = tuple[np.ndarray, np.ndarray]
-
-# Below this many batches a progress bar is noise rather than information.
-_PROGRESS_MIN_BATCHES = 8
-
-
-def _resize_images(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """Stack uint8 HxWx3 arrays into a float (B, 3, size, size) batch in [0, 1]."""
-    tensors = []
-    for img in images:
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"images must be HxWx3 arrays, got shape {img.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float()
-        if t.shape[-2:] != (size, size):
-            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        tensors.append(t)
-    # Antialiased bilinear has non-negative weights, so no overshoot beyond [0, 255] to clamp.
-    return torch.cat(tensors).div_(255.0)
-
-
-def _resize_masks(masks: list[np.ndarray], size: int) -> torch.Tensor:
-    """Stack uint8 HxW label maps into a (B, size, size) uint8 tensor with nearest sampling."""
-    out = []
-    for m in masks:
-        if m.ndim != 2:
-            raise ValueError(f"masks must be HxW arrays, got shape {m.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(m)).to(torch.uint8)
-        if t.shape != (size, size):
-            t = _nearest(t[None], size)[0]
-        out.append(t)
-    return torch.stack(out)
-
-
-def _nearest(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-exact resize of a (B, H, W) integer label tensor, keeping its dtype."""
-    # Labels up to 255 are exact in float32, so the round trip cannot alter a label value.
-    resized = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")
-    return resized[:, 0].to(masks.dtype)
 
 
 @torch.no_grad()
@@ -94,51 +58,17 @@ def extract_features(
     image_size: int,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen backbone once over ``samples`` and cache its dense maps.
-
-    ``samples`` is a sequence of ``(image, mask)`` pairs: an RGB ``uint8`` (H, W, 3) array and a
-    ``uint8`` (H, W) label map (255 = ignore). Images are resized bilinearly with antialiasing and
-    masks with nearest neighbour to ``image_size`` x ``image_size``.
-
-    The backbone is moved to ``device`` and run in eval mode under ``no_grad`` (bf16 autocast on
-    CUDA only); its previous train/eval mode is restored afterwards.
+    """Dense maps and resized masks of ``(image, mask)`` samples (see :mod:`densessl.eval.features`).
 
     Returns ``(features, masks)``: float32 (N, C, h, w) and uint8 (N, image_size, image_size),
     both on the CPU.
     """
-    n = len(samples)
-    if n == 0:
-        raise ValueError("extract_features needs at least one sample")
-    device = torch.device(device)
-    was_training = backbone.training
-    backbone.to(device).eval()
-    use_autocast = device.type == "cuda"
-    n_batches = math.ceil(n / batch_size)
-    feats: list[torch.Tensor] = []
-    masks: list[torch.Tensor] = []
-    try:
-        from tqdm.auto import tqdm
-
-        # disable=None lets tqdm switch itself off when its stream is not a terminal (logs, CI).
-        disable = True if n_batches < _PROGRESS_MIN_BATCHES else None
-        for start in tqdm(range(0, n, batch_size), total=n_batches, desc="features", disable=disable):
-            batch = [samples[i] for i in range(start, min(start + batch_size, n))]
-            images = _resize_images([b[0] for b in batch], image_size)
-            masks.append(_resize_masks([b[1] for b in batch], image_size))
-            x = normalize(images.to(device, non_blocking=True))
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                out = backbone(x)
-            if out.ndim != 4:
-                raise ValueError(f"backbone must return a (B, C, h, w) map, got shape {tuple(out.shape)}")
-            feats.append(out.float().cpu())
-    finally:
-        backbone.train(was_training)
-    features = torch.cat(feats)
-    expected = getattr(backbone, "out_channels", None)
-    if expected is not None and features.shape[1] != expected:
-        raise ValueError(f"backbone.out_channels={expected} but its output has {features.shape[1]} channels")
-    return features, torch.cat(masks)
+    result = extract(backbone, samples, image_size, batch_size=batch_size, device=device, cache_dir=cache_dir)
+    if result.masks is None:
+        raise ValueError("extract_features needs (image, mask) samples")
+    return result.dense, result.masks
 
 
 def _channel_stats(features: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
