@@ -44,6 +44,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=6.0, help="pre-training budget per run")
     parser.add_argument("--calibration-steps", type=int, default=12)
+    parser.add_argument(
+        "--step-ms",
+        nargs="*",
+        default=[],
+        metavar="METHOD=MS",
+        help="step times measured on a quiet machine (benchmarks/step_time.py), used instead of calibrating",
+    )
     parser.add_argument("--out", default="runs/equal_time")
     parser.add_argument("overrides", nargs="*", help="overrides applied to every recipe")
     args = parser.parse_args()
@@ -52,7 +59,15 @@ def main() -> None:
 
     plan_file = out / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    given = {k: float(v) for k, v in (item.split("=", 1) for item in args.step_ms)}
     for method in args.methods:
+        if method not in plan and method in given:
+            length = load_config(quick_config_path(method), args.overrides)
+            steps = length.data.synthetic_length // length.train.batch_size
+            epoch_s = given[method] * steps / 1000
+            epochs = max(1, math.floor(args.minutes * 60 / epoch_s))
+            plan[method] = {"seconds_per_epoch": epoch_s, "epochs": epochs, "source": "--step-ms"}
+            plan_file.write_text(json.dumps(plan, indent=2))
         if method not in plan:
             calibration = out / f"calibrate_{method}"
             epoch_s = seconds_per_epoch(method, calibration, args.overrides, args.calibration_steps)

@@ -117,27 +117,38 @@ def active_slots(scores: torch.Tensor) -> torch.Tensor:
 
 
 def slot_contrast(
-    predicted: torch.Tensor,
+    slots: torch.Tensor,
     student_mask: torch.Tensor,
     teacher_slots: torch.Tensor,
     teacher_mask: torch.Tensor,
     temperature: float,
+    predictor: nn.Module | None = None,
 ) -> torch.Tensor:
     """InfoNCE between predicted student slots and the same (image, prototype) teacher slot.
 
-    Queries are slots active in both views; keys are every active teacher slot of the global
-    batch (gathered). The loss is scaled by 2 * temperature, as in the reference.
+    Queries are the student slots (B, K, D) active in both views, passed through ``predictor``
+    (so its batch norm sees exactly the query set, as in the reference); keys are every active
+    teacher slot of the global batch (gathered). The loss is scaled by 2 * temperature, as in
+    the reference.
     """
-    b, k, _ = predicted.shape
+    b, k, _ = slots.shape
     query_mask = student_mask & teacher_mask
-    queries = F.normalize(predicted[query_mask], dim=1)
+    queries = slots[query_mask]
+    if queries.shape[0] == 0 or (predictor is not None and queries.shape[0] < 2):
+        # nothing to contrast (or one query, which batch norm cannot normalise): a zero loss that
+        # still reaches the predictor, so every process of a DDP run has gradients for it
+        touched = predictor(slots.flatten(0, 1)) if predictor is not None else slots
+        return touched.sum() * 0.0
+    if predictor is not None:
+        queries = predictor(queries)
+    queries = F.normalize(queries, dim=1)
     all_keys = all_gather(teacher_slots)
     all_mask = all_gather(teacher_mask)
     keys = F.normalize(all_keys[all_mask], dim=1)
     # position of each (image, prototype) in the gathered list of active keys
     position = all_mask.flatten().long().cumsum(0) - 1
     offset = rank() * b * k
-    local_index = torch.arange(b * k, device=predicted.device).view(b, k)[query_mask] + offset
+    local_index = torch.arange(b * k, device=slots.device).view(b, k)[query_mask] + offset
     target = position[local_index]
     logits = queries @ keys.t().to(queries.dtype) / temperature
     return F.cross_entropy(logits.float(), target) * 2 * temperature
@@ -208,17 +219,19 @@ class SlotCon(Method):
             aligned_q2, aligned_k1, self.center, t_s, t_t, valid
         )
         loss_slot = slot_contrast(
-            self.predict(slots_q1),
+            slots_q1,
             active_slots(scores_q1.detach()),
             slots_k2.float(),
             active_slots(scores_k2),
             cfg.slot_temp,
+            self.predictor_slot,
         ) + slot_contrast(
-            self.predict(slots_q2),
+            slots_q2,
             active_slots(scores_q2.detach()),
             slots_k1.float(),
             active_slots(scores_k1),
             cfg.slot_temp,
+            self.predictor_slot,
         )
         loss = cfg.group_loss_weight * loss_group + (1 - cfg.group_loss_weight) * loss_slot
         with torch.no_grad():
@@ -230,11 +243,6 @@ class SlotCon(Method):
             "momentum": torch.tensor(m),
             "overlap_fraction": valid.float().mean(),
         }
-
-    def predict(self, slots: torch.Tensor) -> torch.Tensor:
-        """The slot predictor on every slot (B, K, D), batch-normalised over all B * K slots."""
-        b, k, d = slots.shape
-        return self.predictor_slot(slots.reshape(b * k, d)).view(b, k, -1)
 
     @torch.no_grad()
     def update_center(self, teacher_scores: torch.Tensor) -> None:
