@@ -183,3 +183,17 @@ def test_gathered_slot_targets_point_at_the_right_keys_with_two_processes():
         assert p.exitcode == 0
     assert math.isclose(results[0], slot_loss_by_hand(range(0, 2)), rel_tol=1e-5)
     assert math.isclose(results[1], slot_loss_by_hand(range(2, 4)), rel_tol=1e-5)
+
+
+def test_the_slot_predictor_sees_exactly_the_query_set():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x
+
+    predicted, keys, student, teacher = slot_case()
+    with_predictor = slot_contrast(predicted, student, keys, teacher, 0.2, Recorder())
+    assert seen == [int((student & teacher).sum())]
+    assert float(with_predictor) == pytest.approx(float(slot_contrast(predicted, student, keys, teacher, 0.2)))

@@ -70,13 +70,15 @@ def test_purity_is_many_to_one_accuracy_ignoring_255():
     assert purity(assignment, masks, num_prototypes=3) == pytest.approx(6 / 7)
 
 
-def test_tint_blends_the_region_and_outlines_it_leaving_the_rest_untouched():
+def test_tint_blends_the_region_outlines_it_and_dims_the_rest():
     image = np.full((6, 6, 3), 100, np.uint8)
+    image[..., 0] = 200  # a reddish picture: the rest turns grey, its luma dimmed
     region = np.zeros((6, 6), bool)
     region[1:5, 1:5] = True
     out = tint(image, region)
-    assert (out[~region] == 100).all()
-    assert (out[2, 2] == np.round(0.4 * 100 + 0.6 * np.array(TINT))).all()  # inside: blended
+    luma = 0.299 * 200 + 0.587 * 100 + 0.114 * 100
+    assert (out[~region] == round(0.6 * luma)).all()
+    assert (out[2, 2] == np.round(0.4 * np.array([200, 100, 100]) + 0.6 * np.array(TINT))).all()  # blended
     assert (out[1, 3] == TINT).all()  # edge of the region: outline
 
 

@@ -10,7 +10,8 @@ checkpoint has prototypes (:meth:`densessl.methods.base.Method.prototype_scores`
    mean of ``dots[n, k]`` over the locations assigned to ``k`` (0 when there are none);
 3. for each of ``sampling`` prototypes drawn at random among those assigned somewhere, the
    ``topk`` best-scoring images are shown, with ``dots`` upsampled bilinearly to the picture,
-   arg-maxed, and the prototype's region tinted red (alpha 0.6) and outlined.
+   arg-maxed, and the prototype's region tinted red (alpha 0.6) and outlined; the rest of the
+   picture is shown in dimmed grey so the region reads at a glance.
 
 When the images come with ground-truth masks (the synthetic scenes) the routine also measures
 the prototypes' purity: the share of pixels whose prototype's majority class is their own class
@@ -41,6 +42,9 @@ from densessl.methods.base import Method
 
 TINT = (255, 0, 0)
 TINT_ALPHA = 0.6
+#: outside the region: luma (ITU-R BT.601 weights) times DIM
+LUMA = (0.299, 0.587, 0.114)
+DIM = 0.6
 IGNORE = 255
 
 
@@ -142,8 +146,11 @@ def purity(assignment: np.ndarray, masks: np.ndarray, num_prototypes: int) -> fl
 
 
 def tint(image: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Blend ``TINT`` into ``region`` (alpha 0.6) and draw its outline in full ``TINT``."""
+    """Blend ``TINT`` into ``region`` (alpha 0.6), outline it in full ``TINT``, and show the rest
+    in dimmed grey, so the region stands out on colourful scenes."""
     out = image.astype(np.float32)
+    grey = out @ np.asarray(LUMA, np.float32)
+    out[~region] = (DIM * grey[~region])[:, None].repeat(3, axis=1)
     out[region] = (1 - TINT_ALPHA) * out[region] + TINT_ALPHA * np.asarray(TINT, np.float32)
     padded = np.pad(region, 1, mode="edge")
     interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
