@@ -1,0 +1,69 @@
+"""The comparison report: collecting eval results of several runs into a table and a chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from densessl.data.base import DataError
+from densessl.eval.report import bar_chart, collect, markdown_table
+
+
+def write_run(root: Path, name: str, results: list[dict]) -> Path:
+    run = root / name
+    run.mkdir()
+    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    return run
+
+
+def test_collect_and_tabulate_headline_figures(tmp_path):
+    a = write_run(
+        tmp_path,
+        "densecl",
+        [
+            {"protocol": "seg-probe", "data": "synthetic", "miou": 0.1807},
+            {"protocol": "knn", "data": "x", "top1": 55.0},
+            {"protocol": "seg-probe", "data": "synthetic", "miou": 0.1850},  # repeated: latest wins
+        ],
+    )
+    b = write_run(tmp_path, "random", [{"protocol": "seg-probe", "data": "synthetic", "miou": 0.1219}])
+    table = collect([a, b])
+    assert table == {
+        "densecl": {"seg-probe": pytest.approx(18.5), "knn": 55.0},
+        "random": {"seg-probe": pytest.approx(12.19)},
+    }
+    text = markdown_table(table)
+    assert text.splitlines()[0] == "| run | seg-probe | knn |"
+    assert "| random | 12.19 | - |" in text and "| densecl | 18.50 | 55.00 |" in text
+
+    chart = bar_chart(table, tmp_path / "report.png")
+    picture = Image.open(chart)
+    assert picture.size[0] > 100 and picture.size[1] > 200
+
+
+def test_two_datasets_of_one_protocol_get_their_own_columns(tmp_path):
+    run = write_run(
+        tmp_path,
+        "r",
+        [
+            {"protocol": "seg-nn", "data": "voc:/v", "miou": 0.3},
+            {"protocol": "seg-nn", "data": "synthetic", "miou": 0.2},
+        ],
+    )
+    assert set(collect([run])["r"]) == {"seg-nn (voc:/v)", "seg-nn (synthetic)"}
+
+
+def test_clear_errors_for_a_missing_run_and_a_broken_line(tmp_path):
+    with pytest.raises(DataError, match="run directory not found"):
+        collect([tmp_path / "nope"])
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "eval.jsonl").write_text('{"protocol": "knn", "top1": 1}\nnot json\n')
+    with pytest.raises(DataError, match=r"eval.jsonl:2 is not a JSON line"):
+        collect([run])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no eval.jsonl or summary.json"):
+        collect([tmp_path / "empty"])
