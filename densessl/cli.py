@@ -8,12 +8,14 @@ printing one JSON line with their figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
 from pathlib import Path
 
-from densessl.config import ConfigError, ModelConfig, load_config
+from densessl.config import ConfigError, load_config
 from densessl.data.base import DataError
 from densessl.training.checkpoint import CheckpointError
 
@@ -60,25 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="say what a checkpoint holds")
     p.add_argument("checkpoint")
 
-    p = sub.add_parser("eval", help="evaluate a backbone")
+    p = sub.add_parser("eval", help="evaluate a backbone (each protocol ends with one JSON line)")
     evals = p.add_subparsers(dest="protocol", required=True)
-    e = evals.add_parser("seg-probe", help="frozen dense linear probe (mIoU)")
-    e.add_argument("--weights", required=True, help="'random', a training checkpoint or an exported backbone")
-    e.add_argument("--data", required=True, help="voc:ROOT (VOC 2012 layout) or synthetic[:preset]")
-    _add_model_args(e)
-    e.add_argument("--train-split", default="train")
-    e.add_argument("--val-split", default="val")
-    e.add_argument("--image-size", type=int, default=None, help="probe resolution (VOC 448, synthetic 64)")
-    e.add_argument("--train-resolution", type=int, default=None, help="mask size while training the probe")
-    e.add_argument("--epochs", type=int, default=25)
-    e.add_argument("--lr", type=float, default=0.1)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    e.add_argument("--limit-train", type=int, default=0, help="use only the first N training images")
-    e.add_argument("--limit-val", type=int, default=0)
-    e.add_argument("--synthetic-train", type=int, default=600, help="probe images for synthetic data")
-    e.add_argument("--synthetic-val", type=int, default=300)
-    e.add_argument("--device", default=None)
+    from densessl.eval import classification_cli, segmentation_cli, video_cli
+
+    for module in (segmentation_cli, classification_cli, video_cli):
+        module.add_commands(evals)
+    for parser_ in evals.choices.values():
+        parser_.add_argument(
+            "--save", default=None, metavar="RUN_DIR", help="also append the result to RUN_DIR/eval.jsonl"
+        )
+    r = evals.add_parser("report", help="one Markdown table and one PNG chart from several runs' results")
+    r.add_argument(
+        "runs", nargs="+", help="run directories (with eval.jsonl from --save, or a demo's summary.json)"
+    )
+    r.add_argument("--out", default="report", help="writes OUT.md and OUT.png")
+    r.set_defaults(func=cmd_report)
 
     p = sub.add_parser("viz", help="pictures of what a model learned")
     viz = p.add_subparsers(dest="picture", required=True)
@@ -103,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default=None)
     d.add_argument("--train", type=int, default=1000)
     d.add_argument("--val", type=int, default=300)
+    d = data.add_parser(
+        "synth-davis", help="write clips of moving synthetic objects in the DAVIS-2017 layout"
+    )
+    d.add_argument("--out", required=True)
+    d.add_argument("--preset", default=None)
+    d.add_argument("--sequences", type=int, default=8)
+    d.add_argument("--frames", type=int, default=12)
     return parser
 
 
@@ -164,52 +170,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_datasets(args: argparse.Namespace):
-    spec = args.data
-    if spec.startswith("voc:"):
-        from densessl.data.voc import VOCSegmentation
-
-        train = VOCSegmentation(spec[4:], args.train_split)
-        val = VOCSegmentation(spec[4:], args.val_split)
-        return train, val, train.num_classes, args.image_size or 448
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        from densessl.data.synthetic import SyntheticScenes, resolve_config
-
-        scenes = resolve_config(spec.split(":", 1)[1] if ":" in spec else None)
-        train = SyntheticScenes(scenes, "val", args.synthetic_train)
-        val = SyntheticScenes(scenes, "test", args.synthetic_val)
-        return train, val, scenes.num_classes + 1, args.image_size or scenes.image_size
-    raise DataError(f"--data {spec!r}: expected voc:ROOT or synthetic[:preset]")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    if args.protocol == "report" or not args.save:
+        return args.func(args)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = args.func(args)
+    printed = buffer.getvalue()
+    sys.stdout.write(printed)
+    lines = [line for line in printed.splitlines() if line.startswith("{")]
+    if code == 0 and lines:
+        run = Path(args.save)
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / "eval.jsonl", "a") as f:
+            f.write(lines[-1] + "\n")
+    return code
 
-    from densessl.eval.segmentation import run_linear_probe
-    from densessl.export import load_backbone
 
-    model = ModelConfig(arch=args.arch, small_input=args.small_input, width=args.width) if args.arch else None
-    backbone = load_backbone(args.weights, model)
-    train, val, num_classes, image_size = _probe_datasets(args)
-    if args.limit_train:
-        train = [train[i] for i in range(min(args.limit_train, len(train)))]
-    if args.limit_val:
-        val = [val[i] for i in range(min(args.limit_val, len(val)))]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    result = run_linear_probe(
-        backbone,
-        train,
-        val,
-        num_classes,
-        image_size=image_size,
-        seeds=tuple(args.seeds),
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        train_resolution=args.train_resolution or max(image_size // 2, 8),
-        device=device,
-    )
-    print(json.dumps({"protocol": "seg-probe", "weights": str(args.weights), "data": args.data, **result}))
+def cmd_report(args: argparse.Namespace) -> int:
+    from densessl.eval.report import bar_chart, collect, markdown_table
+
+    table = collect(args.runs)
+    text = markdown_table(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(text + "\n")
+    chart = bar_chart(table, f"{out}.png")
+    print(text)
+    print(json.dumps({"table": f"{out}.md", "chart": str(chart), "runs": table}))
     return 0
 
 
@@ -233,6 +221,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "synth-davis":
+        from densessl.data.synthetic_clips import write_synthetic_davis
+
+        root = write_synthetic_davis(args.out, args.preset, args.sequences, args.frames)
+        print(json.dumps({"davis_root": str(root), "sequences": args.sequences, "frames": args.frames}))
+        return 0
     from densessl.data.synthetic import resolve_config, write_voc
 
     root = write_voc(args.out, resolve_config(args.preset), args.train, args.val)

@@ -67,3 +67,30 @@ def test_clear_errors_for_a_missing_run_and_a_broken_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no eval.jsonl or summary.json"):
         collect([tmp_path / "empty"])
+
+
+def test_eval_save_then_report_from_the_command_line(tmp_path, capsys):
+    from densessl.cli import main
+
+    run = tmp_path / "random"
+    argv = [
+        "eval",
+        "seg-probe",
+        "--weights",
+        "random",
+        "--arch",
+        "resnet18",
+        "--small-input",
+        "--width",
+        "0.125",
+    ]
+    argv += ["--data", "synthetic:easy", "--synthetic-train", "8", "--synthetic-val", "4", "--epochs", "1"]
+    assert main([*argv, "--seeds", "0", "--save", str(run)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])
+    assert saved == printed and saved["protocol"] == "seg-probe"
+
+    assert main(["eval", "report", str(run), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert f"| random | {100 * saved['miou']:.2f} |" in out
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()

@@ -34,3 +34,13 @@ class ImageSource(Protocol):
     def load(self, index: int) -> np.ndarray: ...
 
     def describe(self, index: int) -> str: ...
+
+
+def checked_index(index: int, n: int, what: str) -> int:
+    """``index`` (negative ones count from the end) checked against ``n`` items; ``what`` names
+    the collection in the IndexError."""
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for {n} {what}")
+    return index

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import CorruptImageError, DataError
+from .base import CorruptImageError, DataError, checked_index
 from .sources import decode_image
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -140,12 +140,7 @@ class VOCSegmentation:
         return len(self.stems)
 
     def _index(self, index: int) -> int:
-        n = len(self.stems)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images in split {self.split!r}")
-        return index
+        return checked_index(index, len(self.stems), f"images in split {self.split!r}")
 
     def image_path(self, index: int) -> Path:
         return self.image_dir / f"{self.stems[self._index(index)]}.jpg"

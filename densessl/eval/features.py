@@ -113,7 +113,12 @@ def cache_key(backbone: nn.Module, samples: Sequence[Any], *settings: Any) -> st
     """Key of a feature cache entry: weights, the samples' identity and the extraction settings."""
     describe = getattr(samples, "describe", None)
     n = len(samples)
-    names = [describe(i) for i in (0, n // 2, n - 1)] if describe and n else []
+    probes = (0, n // 2, n - 1) if n else ()
+    if describe is not None:
+        names = [describe(i) for i in probes]
+    else:  # no names: identify the samples by the content of a few of them
+        images = [np.ascontiguousarray(_split(samples[i])[0]) for i in probes]
+        names = [hashlib.sha1(image.tobytes()).hexdigest() for image in images]
     text = repr((weights_digest(backbone), type(samples).__name__, n, names, settings))
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 

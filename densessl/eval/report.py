@@ -26,7 +26,7 @@ HEADLINES: dict[str, tuple[str, float]] = {
     "svm-voc07": ("map", 1.0),
     "knn": ("top1", 1.0),
     "linear": ("top1", 1.0),
-    "davis": ("jf_mean", 1.0),
+    "davis": ("J&F-Mean", 1.0),
 }
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 

@@ -16,6 +16,24 @@ Protocol (spec A1.1 adapted to cached features, metric as in A1.6):
    resolution is therefore ``image_size``.
 4. :func:`run_linear_probe` does all three with several probe seeds on one feature cache.
 
+Variants on the same cache:
+
+* ``head="fcn"`` (:class:`FCNHead`, :func:`train_fcn_probe`): the "fcn" head Leopart offers
+  next to the linear one. Two 3x3 conv-BN-ReLU blocks of ``channels`` (512 in Leopart), the
+  input concatenated to their output and fused by another 3x3 conv-BN-ReLU, dropout 0.1, then
+  a 1x1 classifier. It runs at the feature resolution and its logits are bilinearly upsampled
+  (to ``train_resolution`` in training, to the mask size in evaluation); for a non-linear head
+  this is not the same as upsampling the features first, and it is much cheaper.
+* :data:`PRESETS` / :func:`resolve_preset`: named recipes. ``"default"`` is the library's
+  scaled-down recipe (the synthetic benchmark, spec C5.1: train at half the input size, 3
+  seeds, standardised features). ``"leopart"`` is spec A1.1: 448 px input, training at
+  100x100, 25 epochs with the lr x0.1 at epoch 20, SGD lr 0.1 for a ResNet and 0.01 for a ViT,
+  batch 60, seed 400 and raw (not standardised) features. What the recipe cannot reproduce on
+  a cache: Leopart's RandomResizedCrop(448, 0.8-1) and flip augmentation, and its dilated
+  ResNet-50 (output stride 16); the backbone is used as loaded.
+* :func:`run_probe` is :func:`run_linear_probe` with a choice of head and an on-disk feature
+  cache (``cache_dir``); :func:`probe_features` trains and scores on features already extracted.
+
 Backbone contract: a ``torch.nn.Module`` whose ``forward(x)`` maps a normalised (B, 3, H, W)
 batch to a dense map (B, C, h, w), with an attribute ``out_channels == C``.
 
@@ -36,17 +54,30 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densessl.config import ConfigError
 from densessl.eval.features import extract
 from densessl.eval.features import nearest as _nearest
 from densessl.eval.metrics import AbsentPolicy, ConfusionMatrix
 
-__all__ = ["evaluate_probe", "extract_features", "run_linear_probe", "train_linear_probe"]
+__all__ = [
+    "PRESETS",
+    "FCNHead",
+    "evaluate_probe",
+    "extract_features",
+    "probe_features",
+    "resolve_preset",
+    "run_linear_probe",
+    "run_probe",
+    "train_fcn_probe",
+    "train_linear_probe",
+]
 
 Sample = tuple[np.ndarray, np.ndarray]
 
@@ -254,31 +285,323 @@ def run_linear_probe(
     ``seeds``, ``absent``, ``num_train``, ``num_val`` and ``seconds`` (wall time, extraction
     included).
     """
-    if len(seeds) == 0:
-        raise ValueError("run_linear_probe needs at least one seed")
-    t0 = time.perf_counter()
-    train_f, train_m = extract_features(backbone, train_samples, image_size, extract_batch_size, device)
-    val_f, val_m = extract_features(backbone, val_samples, image_size, extract_batch_size, device)
+    result = run_probe(
+        backbone,
+        train_samples,
+        val_samples,
+        num_classes,
+        head="linear",
+        image_size=image_size,
+        seeds=seeds,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        train_resolution=train_resolution,
+        device=device,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        milestones=milestones,
+        standardize=standardize,
+        ignore_index=ignore_index,
+        absent=absent,
+        extract_batch_size=extract_batch_size,
+    )
+    del result["head"]
+    return result
 
+
+# ----------------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------------
+
+HeadKind = Literal["linear", "fcn"]
+
+#: Named probe recipes. ``None`` entries are derived by :func:`resolve_preset`: ``image_size``
+#: from the data set (448 for real photographs, the native size of the synthetic scenes),
+#: ``train_resolution`` as ``max(image_size // 2, 8)``, ``lr`` from the architecture and
+#: ``milestones`` as one step at ``round(0.8 * epochs)`` (Leopart: epoch 20 of 25).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "image_size": None,
+        "train_resolution": None,
+        "epochs": 25,
+        "lr": 0.1,
+        "milestones": None,
+        "batch_size": 64,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "seeds": (0, 1, 2),
+        "head": "linear",
+        "fcn_channels": 128,
+        "dropout": 0.1,
+        "standardize": True,
+    },
+    "leopart": {
+        "image_size": 448,
+        "train_resolution": 100,
+        "epochs": 25,
+        "lr": None,  # 0.1 for a ResNet (Leopart's densecl.yml), 0.01 for a ViT
+        "milestones": None,
+        "batch_size": 60,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "seeds": (400,),
+        "head": "linear",
+        "fcn_channels": 512,
+        "dropout": 0.1,
+        "standardize": False,
+    },
+}
+
+_LEOPART_LR = {"resnet": 0.1, "vit": 0.01}
+
+
+def resolve_preset(
+    name: str | None = "default",
+    *,
+    arch: str | None = None,
+    dataset_image_size: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The settings of preset ``name`` (``None``: "default") with ``overrides`` applied.
+
+    Overrides whose value is ``None`` are ignored, so parsed command-line options can be passed
+    straight through. The result has every key of the preset, concrete: ``image_size`` falls
+    back to ``dataset_image_size``, ``train_resolution`` to ``max(image_size // 2, 8)``, a
+    preset ``lr`` of ``None`` to 0.01 when ``arch`` names a ViT and 0.1 otherwise, and
+    ``milestones`` stays ``None`` (one step at 80 % of the epochs) unless given. Unknown preset
+    names and settings raise :class:`~densessl.config.ConfigError`.
+    """
+    name = name or "default"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown probe preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    settings = dict(PRESETS[name])
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ConfigError(f"unknown probe setting(s) {', '.join(unknown)}; valid: {', '.join(settings)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings["image_size"] is None:
+        if dataset_image_size is None:
+            raise ConfigError(f"probe preset {name!r} needs an image size for this data set")
+        settings["image_size"] = int(dataset_image_size)
+    if settings["train_resolution"] is None:
+        settings["train_resolution"] = max(int(settings["image_size"]) // 2, 8)
+    if settings["lr"] is None:
+        settings["lr"] = _LEOPART_LR["vit" if arch and arch.startswith("vit") else "resnet"]
+    if settings["head"] not in ("linear", "fcn"):
+        raise ConfigError(f"probe head must be 'linear' or 'fcn', got {settings['head']!r}")
+    settings["seeds"] = tuple(int(s) for s in settings["seeds"])
+    if settings["milestones"] is not None:
+        settings["milestones"] = tuple(int(m) for m in settings["milestones"])
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# the FCN head
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FCNHead(nn.Module):
+    """``num_convs`` conv-BN-ReLU blocks, optional input concatenation and fusion, dropout, 1x1 conv.
+
+    With the defaults (2 convs of 512 channels, kernel 3, ``concat_input``, dropout 0.1) this is
+    the "fcn" head of Leopart's probe. Output: (B, num_classes, h, w) logits at input resolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 512,
+        num_convs: int = 2,
+        kernel_size: int = 3,
+        concat_input: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_convs < 1:
+            raise ValueError(f"num_convs must be at least 1, got {num_convs}")
+        blocks = [
+            _conv_bn_relu(in_channels if i == 0 else channels, channels, kernel_size)
+            for i in range(num_convs)
+        ]
+        self.convs = nn.Sequential(*blocks)
+        self.fuse = _conv_bn_relu(in_channels + channels, channels, kernel_size) if concat_input else None
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs(x)
+        if self.fuse is not None:
+            y = self.fuse(torch.cat([x, y], dim=1))
+        return self.classifier(self.dropout(y))
+
+
+class _Standardize(nn.Module):
+    """``(x - mean) / std`` per channel, with fixed statistics."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().view(1, -1, 1, 1))
+        self.register_buffer("inv_std", (1.0 / std).float().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.inv_std
+
+
+def train_fcn_probe(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    train_resolution: int,
+    channels: int = 512,
+    dropout: float = 0.1,
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    ignore_index: int = 255,
+    milestones: Sequence[int] | None = None,
+    standardize: bool = True,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Train an :class:`FCNHead` on cached dense features; return it on the CPU in eval mode.
+
+    Same data, loss and schedule as :func:`train_linear_probe` (SGD with momentum and weight
+    decay, lr x0.1 at each of ``milestones``, cross-entropy with ``ignore_index`` against masks
+    nearest-resized to ``train_resolution``), with the head's logits bilinearly upsampled to
+    ``train_resolution``. The conv weights start from PyTorch's default initialisation and the
+    classifier from N(0, 0.01). With ``standardize=True`` the returned module is
+    ``Sequential(standardisation, head)``, so it applies to raw features. On the CPU the result
+    is a deterministic function of ``seed`` and the data; the global RNG is left untouched.
+    """
+    if features.ndim != 4 or masks.ndim != 3 or features.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"expected features (N, C, h, w) and masks (N, H, W), got {tuple(features.shape)} "
+            f"and {tuple(masks.shape)}"
+        )
+    n, c = features.shape[:2]
+    device = torch.device(device)
+    if milestones is None:
+        milestones = [round(0.8 * epochs)] if epochs > 1 else []
+    targets = _nearest(masks, train_resolution).long()
+    gen = torch.Generator().manual_seed(int(seed))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        head = FCNHead(c, num_classes, channels=channels, dropout=dropout)
+        with torch.no_grad():
+            head.classifier.weight.normal_(0.0, 0.01)
+            head.classifier.bias.zero_()
+        if standardize:
+            mean, std = _channel_stats(features)
+            model: nn.Module = nn.Sequential(_Standardize(mean, std), head)
+        else:
+            model = nn.Sequential(head)
+        model.to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                y = targets[idx].to(device, non_blocking=True)
+                if not bool((y != ignore_index).any()):
+                    continue  # CE's mean over zero counted pixels is NaN; nothing to learn here
+                if idx.numel() * features.shape[-2] * features.shape[-1] < 2:
+                    continue  # batch norm cannot normalise a single value
+                logits = model(features[idx].to(device, non_blocking=True))
+                if logits.shape[-2:] != y.shape[-2:]:
+                    logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+                loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+    model = model.cpu().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# running a probe
+# ----------------------------------------------------------------------------------------------
+
+
+def probe_features(
+    train_features: torch.Tensor,
+    train_masks: torch.Tensor,
+    val_features: torch.Tensor,
+    val_masks: torch.Tensor,
+    num_classes: int,
+    *,
+    head: HeadKind = "linear",
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    train_resolution: int,
+    device: str | torch.device = "cpu",
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    milestones: Sequence[int] | None = None,
+    standardize: bool = True,
+    ignore_index: int = 255,
+    absent: AbsentPolicy = "zero",
+    fcn_channels: int = 512,
+    dropout: float = 0.1,
+) -> dict:
+    """Train and score one probe per seed on cached features; the summary of :func:`run_probe`.
+
+    The evaluation resolution is the size of ``val_masks``. ``seconds`` here covers training
+    and scoring only.
+    """
+    if len(seeds) == 0:
+        raise ValueError("a probe needs at least one seed")
+    if head not in ("linear", "fcn"):
+        raise ValueError(f"head must be 'linear' or 'fcn', got {head!r}")
+    t0 = time.perf_counter()
+    common = dict(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        train_resolution=train_resolution,
+        ignore_index=ignore_index,
+        milestones=milestones,
+        standardize=standardize,
+        device=device,
+    )
     runs = []
     for seed in seeds:
-        head = train_linear_probe(
-            train_f,
-            train_m,
-            num_classes,
-            seed=seed,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            train_resolution=train_resolution,
-            ignore_index=ignore_index,
-            milestones=milestones,
-            standardize=standardize,
-            device=device,
+        if head == "linear":
+            model = train_linear_probe(train_features, train_masks, num_classes, seed=seed, **common)
+        else:
+            model = train_fcn_probe(
+                train_features,
+                train_masks,
+                num_classes,
+                seed=seed,
+                channels=fcn_channels,
+                dropout=dropout,
+                **common,
+            )
+        runs.append(
+            evaluate_probe(model, val_features, val_masks, num_classes, ignore_index, absent, device=device)
         )
-        runs.append(evaluate_probe(head, val_f, val_m, num_classes, ignore_index, absent, device=device))
 
     mious = [r["miou"] for r in runs]
     accs = [r["pixel_acc"] for r in runs]
@@ -287,7 +610,7 @@ def run_linear_probe(
         # A class absent from the val split is NaN under absent="nan" for every seed alike.
         warnings.simplefilter("ignore", RuntimeWarning)
         iou_per_class = [float(v) for v in np.nanmean(per_class, axis=0)] if per_class.size else []
-    return {
+    result = {
         "miou": float(np.mean(mious)),
         "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else 0.0,
         "miou_per_seed": [float(v) for v in mious],
@@ -297,12 +620,79 @@ def run_linear_probe(
         "fwiou": float(np.mean([r["fwiou"] for r in runs])),
         "iou_per_class": iou_per_class,
         "num_classes": int(num_classes),
-        "image_size": int(image_size),
+        "image_size": int(val_masks.shape[-1]),
         "train_resolution": int(train_resolution),
-        "feature_shape": [int(s) for s in train_f.shape[1:]],
+        "feature_shape": [int(s) for s in train_features.shape[1:]],
         "seeds": [int(s) for s in seeds],
         "absent": absent,
-        "num_train": int(train_f.shape[0]),
-        "num_val": int(val_f.shape[0]),
+        "num_train": int(train_features.shape[0]),
+        "num_val": int(val_features.shape[0]),
+        "head": head,
         "seconds": time.perf_counter() - t0,
     }
+    return result
+
+
+def run_probe(
+    backbone: nn.Module,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    num_classes: int,
+    *,
+    head: HeadKind = "linear",
+    image_size: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    train_resolution: int,
+    device: str | torch.device = "cpu",
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    milestones: Sequence[int] | None = None,
+    standardize: bool = True,
+    ignore_index: int = 255,
+    absent: AbsentPolicy = "zero",
+    extract_batch_size: int = 64,
+    fcn_channels: int = 512,
+    dropout: float = 0.1,
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Extract features once (or read them from ``cache_dir``), train and score a probe per seed.
+
+    ``head`` is ``"linear"`` (a 1x1 conv, :func:`train_linear_probe`) or ``"fcn"``
+    (:class:`FCNHead` with ``fcn_channels`` and ``dropout``, :func:`train_fcn_probe`). Returns the
+    dict described in :func:`run_linear_probe` plus ``head``; ``seconds`` includes extraction.
+    """
+    if len(seeds) == 0:
+        raise ValueError("a probe needs at least one seed")
+    t0 = time.perf_counter()
+    train_f, train_m = extract_features(
+        backbone, train_samples, image_size, extract_batch_size, device, cache_dir
+    )
+    val_f, val_m = extract_features(backbone, val_samples, image_size, extract_batch_size, device, cache_dir)
+    result = probe_features(
+        train_f,
+        train_m,
+        val_f,
+        val_m,
+        num_classes,
+        head=head,
+        seeds=seeds,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        train_resolution=train_resolution,
+        device=device,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        milestones=milestones,
+        standardize=standardize,
+        ignore_index=ignore_index,
+        absent=absent,
+        fcn_channels=fcn_channels,
+        dropout=dropout,
+    )
+    result["image_size"] = int(image_size)
+    result["seconds"] = time.perf_counter() - t0
+    return result
