@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default=None)
     d.add_argument("--train", type=int, default=1000)
     d.add_argument("--val", type=int, default=300)
+    d = data.add_parser("synth-voc07", help="write synthetic scenes in the VOC 2007 classification layout")
+    d.add_argument("--out", required=True)
+    d.add_argument("--preset", default=None)
+    d.add_argument("--trainval", type=int, default=600)
+    d.add_argument("--test", type=int, default=300)
+    d = data.add_parser("synth-folders", help="write synthetic scenes as train/ and val/ class folders")
+    d.add_argument("--out", required=True)
+    d.add_argument("--preset", default=None)
+    d.add_argument("--train", type=int, default=600)
+    d.add_argument("--val", type=int, default=300)
     d = data.add_parser(
         "synth-davis", help="write clips of moving synthetic objects in the DAVIS-2017 layout"
     )
@@ -221,6 +231,18 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "synth-voc07":
+        from densessl.data.synthetic_sets import write_synthetic_voc07
+
+        root = write_synthetic_voc07(args.out, args.preset, args.trainval, args.test)
+        print(json.dumps({"voc07_root": str(root), "trainval": args.trainval, "test": args.test}))
+        return 0
+    if args.action == "synth-folders":
+        from densessl.data.synthetic_sets import write_synthetic_folders
+
+        root = write_synthetic_folders(args.out, args.preset, args.train, args.val)
+        print(json.dumps({"root": str(root), "train": args.train, "val": args.val}))
+        return 0
     if args.action == "synth-davis":
         from densessl.data.synthetic_clips import write_synthetic_davis
 

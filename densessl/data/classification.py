@@ -88,12 +88,19 @@ class VOC07Classification:
     def __init__(self, root: str | os.PathLike, split: str = "trainval") -> None:
         self.root = find_voc07_root(root)
         self.split = split
-        self.classes: list[str] = list(VOC07_CLASSES)
+        # the 20 VOC classes, or those a ``labels.txt`` beside ``ImageSets`` names (synthetic sets)
+        names = self.root / "labels.txt"
+        listed = (
+            [line.strip() for line in names.read_text().splitlines() if line.strip()]
+            if names.is_file()
+            else []
+        )
+        self.classes: list[str] = listed or list(VOC07_CLASSES)
         main = self.root / "ImageSets" / "Main"
         class_files = [main / f"{name}_{split}.txt" for name in self.classes]
         missing = [p for p in class_files if not p.is_file()]
         if missing:
-            available = sorted({p.stem.split("_", 1)[1] for p in main.glob("aeroplane_*.txt")})
+            available = sorted({p.stem.rsplit("_", 1)[1] for p in main.glob(f"{self.classes[0]}_*.txt")})
             raise DataError(
                 f"{len(missing)} class label file(s) of split {split!r} are missing, e.g. {missing[0]}; "
                 f"splits with labels: {', '.join(available) or 'none'}"
