@@ -94,3 +94,15 @@ def test_eval_save_then_report_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"| random | {100 * saved['miou']:.2f} |" in out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
+
+
+def test_variants_of_a_protocol_are_separate_columns(tmp_path):
+    run = write_run(
+        tmp_path,
+        "r",
+        [
+            {"protocol": "svm-voc07", "variant": "revisited", "data": "v", "map": 40.0},
+            {"protocol": "svm-voc07", "variant": "openselfsup", "data": "v", "map": 45.0},
+        ],
+    )
+    assert collect([run])["r"] == {"svm-voc07 revisited": 40.0, "svm-voc07 openselfsup": 45.0}

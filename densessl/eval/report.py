@@ -3,7 +3,8 @@
 Every ``densessl eval`` command given ``--save RUN_DIR`` appends its JSON result as one line to
 ``RUN_DIR/eval.jsonl``; ``densessl demo`` writes ``summary.json``. :func:`collect` reads both
 kinds from each run directory, :func:`markdown_table` lays out one row per run and one column
-per protocol (its headline figure, in percent), and :func:`bar_chart` draws the same numbers.
+per protocol and variant (its headline figure, in percent), and :func:`bar_chart` draws the
+same numbers.
 When a run holds several results of one protocol (e.g. two datasets), the column is named
 ``protocol (data)``; a repeated identical command keeps its latest result.
 """
@@ -41,6 +42,12 @@ def headline(result: dict[str, Any]) -> float | None:
     return None if value is None else float(value) * scale
 
 
+def _protocol(result: dict[str, Any]) -> str:
+    """The protocol's name, with its variant when it has several (``svm-voc07 openselfsup``)."""
+    protocol = str(result.get("protocol", "?"))
+    return f"{protocol} {result['variant']}" if result.get("variant") else protocol
+
+
 def collect(run_dirs: list[str | Path]) -> dict[str, dict[str, float]]:
     """{run name: {column: percent}} from each directory's ``eval.jsonl`` and ``summary.json``."""
     table: dict[str, dict[str, float]] = {}
@@ -59,12 +66,12 @@ def collect(run_dirs: list[str | Path]) -> dict[str, dict[str, float]]:
                         raise DataError(f"{lines}:{number} is not a JSON line: {exc}") from None
         per_protocol_data: dict[str, set[str]] = {}
         for r in results:
-            per_protocol_data.setdefault(r.get("protocol", "?"), set()).add(str(r.get("data", "")))
+            per_protocol_data.setdefault(_protocol(r), set()).add(str(r.get("data", "")))
         for r in results:
             value = headline(r)
             if value is None:
                 continue
-            protocol = r["protocol"]
+            protocol = _protocol(r)
             column = protocol if len(per_protocol_data[protocol]) == 1 else f"{protocol} ({r.get('data')})"
             rows[column] = value
         summary = run / "summary.json"
