@@ -113,7 +113,7 @@ def test_viz_prototypes_draws_the_grid_and_writes_its_figures(slotcon_checkpoint
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     figures = json.loads(Path(f"{out}.json").read_text())
     assert printed["images"] == figures["images"] == 12 and figures["num_prototypes"] == 8
-    assert 0.0 < figures["purity"] <= 1.0
+    assert 0.0 < figures["purity_floor"] <= figures["purity"] <= 1.0
     shown = figures["prototypes"]
     assert 1 <= len(shown) <= 2 and all(len(p["top"]) == 3 for p in shown)
     for p in shown:

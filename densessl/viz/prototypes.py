@@ -15,7 +15,8 @@ checkpoint has prototypes (:meth:`densessl.methods.base.Method.prototype_scores`
 
 When the images come with ground-truth masks (the synthetic scenes) the routine also measures
 the prototypes' purity: the share of pixels whose prototype's majority class is their own class
-(many-to-one matching of prototypes to classes), ignoring label 255.
+(many-to-one matching of prototypes to classes), ignoring label 255, beside its floor (the share
+of the most frequent class, what a single prototype would score).
 """
 
 from __future__ import annotations
@@ -235,7 +236,12 @@ def visualise_prototypes(
         ],
     }
     if data.masks is not None:
-        summary["purity"] = purity(assignment, np.stack(data.masks), k)
+        masks = np.stack(data.masks)
+        labels = masks[masks != IGNORE]
+        summary["purity"] = purity(assignment, masks, k)
+        # what one prototype for everything would score: the share of the most frequent class
+        floor = np.bincount(labels).max() / labels.size if labels.size else float("nan")
+        summary["purity_floor"] = float(floor)
     Path(f"{out}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
