@@ -32,15 +32,16 @@ def device_from_args(args: argparse.Namespace) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def backbone_from_args(args: argparse.Namespace, seed: int | None = None):
-    """The backbone ``--weights`` names; ``seed`` fixes the draw of ``--weights random``."""
+def backbone_from_args(args: argparse.Namespace, seed: int = 0):
+    """The backbone ``--weights`` names; ``seed`` fixes the draw of ``--weights random``, so every
+    protocol scores the same random network."""
     import torch
 
     from densessl.config import ModelConfig
     from densessl.export import load_backbone
 
     model = ModelConfig(arch=args.arch, small_input=args.small_input, width=args.width) if args.arch else None
-    if seed is not None:
+    if str(args.weights) == "random":
         torch.manual_seed(seed)
     return load_backbone(args.weights, model)
 
