@@ -109,10 +109,10 @@ def bar_chart(table: dict[str, dict[str, float]], out: str | Path, bar: int = 18
     columns = columns_of(table)
     runs = list(table)
     font = ImageFont.load_default()
-    group = len(runs) * bar + 24
+    group = max(len(runs) * bar + 24, 84)  # wide enough for a label of about 13 characters
     legend_h = 16 * len(runs) + 8
     width = 50 + max(1, len(columns)) * group
-    canvas = Image.new("RGB", (width, height + 60 + legend_h), "white")
+    canvas = Image.new("RGB", (width, height + 72 + legend_h), "white")
     draw = ImageDraw.Draw(canvas)
     top, left = 10, 40
     for tick in range(0, 101, 20):
@@ -128,9 +128,10 @@ def bar_chart(table: dict[str, dict[str, float]], out: str | Path, bar: int = 18
             x = x0 + r * bar
             y = top + height - max(0.0, min(value, 100.0)) * height / 100
             draw.rectangle([x, y, x + bar - 3, top + height], fill=PALETTE[r % len(PALETTE)])
-        draw.text((x0, top + height + 6), column[: max(4, group // 6)], fill="black", font=font)
+        for line, text in enumerate(column.split(" ", 1)):  # "svm-voc07" / "openselfsup" on two lines
+            draw.text((x0, top + height + 6 + 12 * line), text, fill="black", font=font)
     for r, name in enumerate(runs):
-        y = top + height + 30 + 16 * r
+        y = top + height + 42 + 16 * r
         draw.rectangle([left, y, left + 10, y + 10], fill=PALETTE[r % len(PALETTE)])
         draw.text((left + 16, y - 1), name, fill="black", font=font)
     out = Path(out)
