@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="pre-train on the synthetic scenes, then probe against random init")
     p.add_argument("--method", default="densecl")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--out", default=None, help="run directory (default runs/demo, runs/demo-<method> for others)"
+    )
     p.add_argument("overrides", nargs="*", help="overrides of the quick recipe")
 
     p = sub.add_parser("export", help="convert a checkpoint's backbone for a downstream framework")
@@ -137,9 +139,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from densessl.demo import format_table, run_demo
 
-    summary = run_demo(args.out, method=args.method, overrides=args.overrides)
+    out = args.out or ("runs/demo" if args.method == "densecl" else f"runs/demo-{args.method}")
+    summary = run_demo(out, method=args.method, overrides=args.overrides)
     print(format_table(summary))
-    print(f"summary written to {Path(args.out) / 'summary.json'}")
+    print(f"summary written to {Path(out) / 'summary.json'}")
     print(
         json.dumps(
             {
