@@ -44,3 +44,21 @@ def checked_index(index: int, n: int, what: str) -> int:
     if not 0 <= index < n:
         raise IndexError(f"index {index} out of range for {n} {what}")
     return index
+
+
+class ImageMaskPairs:
+    """Mixin for segmentation datasets that define ``image_path``, ``mask_path``, ``load`` and
+    ``load_mask``: names images by path and yields ``(image, mask)`` pairs of matching size."""
+
+    def describe(self, index: int) -> str:
+        return str(self.image_path(index))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = self.load(index)
+        mask = self.load_mask(index)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask

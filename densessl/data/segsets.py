@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DataError, checked_index
+from .base import DataError, ImageMaskPairs, checked_index
 from .sources import decode_image
 from .voc import VOC_CLASSES, VOID_LABEL, VOCSegmentation, find_voc_root, read_label_png
 
@@ -113,7 +113,7 @@ def _lut(pairs: dict[int, int], default: int = IGNORE) -> np.ndarray:
     return table
 
 
-class SegmentationFolder:
+class SegmentationFolder(ImageMaskPairs):
     """``(image, mask)`` pairs from parallel lists of image and mask files.
 
     ``lut`` (256 uint8 entries), when given, translates every mask value. After translation a
@@ -177,19 +177,6 @@ class SegmentationFolder:
                 f"mask {path} holds label {value}, outside the {self.num_classes} classes of {self.name}"
             )
         return mask
-
-    def describe(self, index: int) -> str:
-        return str(self.image_path(index))
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = self.load(index)
-        mask = self.load_mask(index)
-        if mask.shape != image.shape[:2]:
-            raise DataError(
-                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
-        return image, mask
 
 
 def _find_root(root: str | os.PathLike, nested: str, required: Sequence[str], what: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import CorruptImageError, DataError, checked_index
+from .base import CorruptImageError, DataError, ImageMaskPairs, checked_index
 from .sources import decode_image
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -77,7 +77,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
         raise CorruptImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
-class VOCSegmentation:
+class VOCSegmentation(ImageMaskPairs):
     """PASCAL VOC 2012 semantic segmentation split, returning ``(image, mask)`` uint8 arrays.
 
     ``image`` is (H, W, 3) RGB, ``mask`` (H, W) with class ids and 255 for void. ``root`` may be
@@ -155,16 +155,3 @@ class VOCSegmentation:
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) uint8 class-index mask; 255 = void."""
         return read_label_png(self.mask_path(index))
-
-    def describe(self, index: int) -> str:
-        return str(self.image_path(index))
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = self.load(index)
-        mask = self.load_mask(index)
-        if mask.shape != image.shape[:2]:
-            raise DataError(
-                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
-        return image, mask
