@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .base import DataError, checked_index
-from .sources import FolderSource, PackedPaths, decode_image
+from .sources import FileListSource, FolderSource, PackedPaths, decode_image
 from .voc import VOC_CLASSES
 
 __all__ = [
@@ -155,7 +155,7 @@ class VOC07Classification:
         return self.load(index), self.labels[self._index(index)].copy()
 
 
-class ImageFolderClassification:
+class ImageFolderClassification(FileListSource):
     """Single-label images stored as ``<root>/<class name>/**/<image>``.
 
     Class folders are the non-hidden sub-folders of ``root``, in sorted name order; the class
@@ -189,18 +189,6 @@ class ImageFolderClassification:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def path(self, index: int) -> str:
-        return self.paths[index]
-
-    def load(self, index: int) -> np.ndarray:
-        return decode_image(self.paths[index])
-
-    def describe(self, index: int) -> str:
-        return self.paths[index]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         image = self.load(index)

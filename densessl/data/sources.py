@@ -103,7 +103,7 @@ def _sort_key(relative: str) -> tuple[str, ...]:
     return tuple(relative.split("/"))
 
 
-class _FileListSource:
+class FileListSource:
     """Shared ``ImageSource`` behaviour for sources backed by a list of files."""
 
     paths: PackedPaths
@@ -122,7 +122,7 @@ class _FileListSource:
         return self.paths[index]
 
 
-class FolderSource(_FileListSource):
+class FolderSource(FileListSource):
     """Every image file under ``root`` (recursively by default), in sorted path order.
 
     Images are files with one of :data:`IMAGE_EXTENSIONS` (any case). Hidden files and folders
@@ -163,7 +163,7 @@ class FolderSource(_FileListSource):
         return found
 
 
-class CocoSource(_FileListSource):
+class CocoSource(FileListSource):
     """Images of the COCO 2017 layout: ``<root>/<split>/*.jpg`` for each split, in order.
 
     ``root`` is the ``coco`` folder (holding ``train2017/``) or the folder that contains

@@ -649,6 +649,31 @@ def _void_band(instance: np.ndarray) -> np.ndarray:
     return band
 
 
+def object_look(
+    config: SynthConfig, cls: int, r: np.ndarray
+) -> tuple[str, str, float, float, tuple[np.ndarray, np.ndarray]]:
+    """Shape, texture, radius (px), texture frequency and colour pair of an object of class
+    ``cls``, drawn from the 24 uniforms ``r`` of its layer (``r[12:24]`` are left to the caller:
+    texture phases and the shape's pose)."""
+    k = config.num_classes
+    shape = SHAPES[(cls - 1) % len(SHAPES)] if config.shape_tied else SHAPES[int(r[0] * len(SHAPES))]
+    texture = TEXTURES[cls - 1]
+    if k > 1 and r[1] < config.texture_overlap:
+        other = 1 + int(r[2] * (k - 1))  # a class id in 1..K other than cls
+        if other >= cls:
+            other += 1
+        texture = TEXTURES[other - 1]
+    side = config.object_scale[0] + (config.object_scale[1] - config.object_scale[0]) * r[3]
+    radius = 0.5 * side * config.image_size
+    freq = _BASE_FREQ[texture] * (1.0 + config.texture_jitter * (2.0 * r[4] - 1.0))
+    colours = _colour_pair(r[5:12], config.contrast)
+    if config.colour_randomness < 1.0:
+        fixed = _class_colours(config, cls)
+        w = np.float32(config.colour_randomness)
+        colours = tuple(w * c + (1 - w) * f for c, f in zip(colours, fixed, strict=True))
+    return shape, texture, radius, freq, colours
+
+
 def render_scene(config: SynthConfig | str | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one scene, a pure function of ``(config, seed)``.
 
@@ -681,16 +706,7 @@ def render_scene(config: SynthConfig | str | None, seed: int) -> tuple[np.ndarra
             label = painter.painted + 1
             cls = int(classes[label - 1])
             lut[label] = cls
-            shape = SHAPES[(cls - 1) % len(SHAPES)] if config.shape_tied else SHAPES[int(r[0] * len(SHAPES))]
-            texture = TEXTURES[cls - 1]
-            if k > 1 and r[1] < config.texture_overlap:
-                other = 1 + int(r[2] * (k - 1))  # a class id in 1..K other than cls
-                if other >= cls:
-                    other += 1
-                texture = TEXTURES[other - 1]
-            side = config.object_scale[0] + (config.object_scale[1] - config.object_scale[0]) * r[3]
-            radius = 0.5 * side * size
-            freq = _BASE_FREQ[texture] * (1.0 + config.texture_jitter * (2.0 * r[4] - 1.0))
+            shape, texture, radius, freq, colours = object_look(config, cls, r)
             tex_fn = _TEXTURE_FN[texture]
             tex_r = r[12:20]
             radius_units = radius / scale
@@ -698,11 +714,6 @@ def render_scene(config: SynthConfig | str | None, seed: int) -> tuple[np.ndarra
             def pattern_fn(x, y, tex_fn=tex_fn, freq=freq, tex_r=tex_r, radius_units=radius_units):
                 return tex_fn(_TexArgs(x, y, scale, freq, tex_r, radius_units, rng))
 
-            colours = _colour_pair(r[5:12], config.contrast)
-            if config.colour_randomness < 1.0:
-                fixed = _class_colours(config, cls)
-                w = np.float32(config.colour_randomness)
-                colours = tuple(w * c + (1 - w) * f for c, f in zip(colours, fixed, strict=True))
             painter.paint(shape, radius, r[20:24], pattern_fn, colours, label)
             painter.painted = label
         else:

@@ -32,17 +32,15 @@ import numpy as np
 from PIL import Image
 
 from .synthetic import (
-    _BASE_FREQ,
     _MAX_EXTENT,
     _TEXTURE_FN,
     SHAPES,
-    TEXTURES,
     SynthConfig,
     _background,
-    _class_colours,
     _colour_pair,
     _shape_sdf,
     _TexArgs,
+    object_look,
     resolve_config,
     save_palette_png,
     scene_seed,
@@ -104,28 +102,13 @@ def _reflect(p: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _sprite(config: SynthConfig, rng: np.random.Generator, cls: int, scale: float) -> _Sprite:
     """Texture and shape of one object of class ``cls``, in its own coordinates."""
-    k, size = config.num_classes, config.image_size
     r = rng.random(24)
-    shape = SHAPES[(cls - 1) % len(SHAPES)] if config.shape_tied else SHAPES[int(r[0] * len(SHAPES))]
-    texture = TEXTURES[cls - 1]
-    if k > 1 and r[1] < config.texture_overlap:
-        other = 1 + int(r[2] * (k - 1))
-        if other >= cls:
-            other += 1
-        texture = TEXTURES[other - 1]
-    side = config.object_scale[0] + (config.object_scale[1] - config.object_scale[0]) * r[3]
-    radius = 0.5 * side * size
-    freq = _BASE_FREQ[texture] * (1.0 + config.texture_jitter * (2.0 * r[4] - 1.0))
+    shape, texture, radius, freq, (c1, c2) = object_look(config, cls, r)
     half = int(math.ceil(_MAX_EXTENT * radius)) + 2
     coords = np.arange(-half, half + 1, dtype=np.float32)
     x, y = coords[None, :], coords[:, None]
     inv = np.float32(1.0 / scale)
     pattern = _TEXTURE_FN[texture](_TexArgs(x * inv, y * inv, scale, freq, r[12:20], radius / scale, rng))
-    c1, c2 = _colour_pair(r[5:12], config.contrast)
-    if config.colour_randomness < 1.0:
-        fixed = _class_colours(config, cls)
-        w = np.float32(config.colour_randomness)
-        c1, c2 = (w * c + (1 - w) * f for c, f in zip((c1, c2), fixed, strict=True))
     colour = (c1 + (c2 - c1) * pattern[..., None]).astype(np.float32)
     sdf = np.broadcast_to(_shape_sdf(shape, x, y, radius, r[20:24]), colour.shape[:2]).astype(np.float32)
     m = rng.random(5)

@@ -55,13 +55,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from densessl.config import ConfigError
 from densessl.data.base import DataError
 from densessl.eval.ap import average_precision
-from densessl.eval.features import extract
+from densessl.eval.features import extract, resize_center_crop
 
 __all__ = [
     "LINEAR_COSTS",
@@ -127,14 +126,8 @@ class CentreCropView(Sequence):
         return f"{name}#resize{self.resize}-crop{self.crop}"
 
     def _transform(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        scale = self.resize / min(h, w)
-        nh, nw = max(self.crop, round(h * scale)), max(self.crop, round(w * scale))
-        img = Image.fromarray(image)
-        if (nh, nw) != (h, w):
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-        top, left = (nh - self.crop) // 2, (nw - self.crop) // 2
-        return np.array(img.crop((left, top, left + self.crop, top + self.crop)))
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return resize_center_crop(chw, self.resize, self.crop).permute(1, 2, 0).numpy()
 
     def __getitem__(self, index: int):  # type: ignore[override]
         item = self.samples[index]

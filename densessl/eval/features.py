@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from densessl.augment import normalize
 
@@ -88,6 +89,13 @@ def resize_masks(masks: list[np.ndarray], size: int | Sequence[int]) -> torch.Te
             t = nearest(t[None], size)[0]
         out.append(t)
     return torch.stack(out)
+
+
+def resize_center_crop(image: torch.Tensor, resize: int, size: int, nearest: bool = False) -> torch.Tensor:
+    """Resize so the short side is ``resize``, then take the central ``size`` x ``size`` square."""
+    mode = TF.InterpolationMode.NEAREST if nearest else TF.InterpolationMode.BILINEAR
+    image = TF.resize(image, [resize], interpolation=mode, antialias=not nearest)
+    return TF.center_crop(image, [size, size])
 
 
 def _split(item: Any) -> tuple[np.ndarray, np.ndarray | None]:

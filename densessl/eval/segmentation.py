@@ -259,21 +259,7 @@ def run_linear_probe(
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
     num_classes: int,
-    *,
-    image_size: int,
-    seeds: Sequence[int] = (0, 1, 2),
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    train_resolution: int,
-    device: str | torch.device = "cpu",
-    weight_decay: float = 1e-4,
-    momentum: float = 0.9,
-    milestones: Sequence[int] | None = None,
-    standardize: bool = True,
-    ignore_index: int = 255,
-    absent: AbsentPolicy = "zero",
-    extract_batch_size: int = 64,
+    **options: Any,
 ) -> dict:
     """Extract features once, train and evaluate one linear probe per seed, summarise.
 
@@ -284,29 +270,12 @@ def run_linear_probe(
     (also the evaluation resolution), ``train_resolution``, ``feature_shape`` ``[C, h, w]``,
     ``seeds``, ``absent``, ``num_train``, ``num_val`` and ``seconds`` (wall time, extraction
     included).
+
+    The keyword ``options`` are those of :func:`run_probe` (``image_size``, ``epochs``, ``lr``,
+    ``batch_size``, ``train_resolution`` required); the head is the linear one.
     """
-    result = run_probe(
-        backbone,
-        train_samples,
-        val_samples,
-        num_classes,
-        head="linear",
-        image_size=image_size,
-        seeds=seeds,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        train_resolution=train_resolution,
-        device=device,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        milestones=milestones,
-        standardize=standardize,
-        ignore_index=ignore_index,
-        absent=absent,
-        extract_batch_size=extract_batch_size,
-    )
-    del result["head"]
+    result = run_probe(backbone, train_samples, val_samples, num_classes, head="linear", **options)
+    result.pop("head")
     return result
 
 

@@ -283,10 +283,10 @@ def _densessl(where: str, ckpt: dict[str, Any]) -> CheckpointContents:
     method = METHODS[config.method.name]
     state = ckpt["model"]
     encoders = {role: strip_prefix(state, f"{path}.") for role, path in method.encoders.items()}
-    model = {k: v for k, v in to_dict(config.model).items() if k in ("arch", "small_input", "width")}
-    if model["arch"].startswith("vit"):
-        model = {k: v for k, v in to_dict(config.model).items() if k in ("arch", "patch_size", "img_size")}
-        model["num_heads"] = config.model.num_heads
+    fields = ("arch", "patch_size", "img_size", "num_heads")
+    if not config.model.arch.startswith("vit"):
+        fields = ("arch", "small_input", "width")
+    model = {k: v for k, v in to_dict(config.model).items() if k in fields}
     return CheckpointContents(
         where,
         "densessl",

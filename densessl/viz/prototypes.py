@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from densessl.augment import normalize
 from densessl.config import ConfigError
 from densessl.data.base import DataError, ImageSource
+from densessl.eval.features import resize_center_crop
 from densessl.methods.base import Method
 
 TINT = (255, 0, 0)
@@ -56,13 +56,6 @@ class PrototypeImages:
     images: list[np.ndarray]  # (S, S, 3) uint8
     names: list[str]
     masks: list[np.ndarray] | None  # (S, S) uint8 class labels, 255 ignored
-
-
-def resize_center_crop(image: torch.Tensor, resize: int, size: int, nearest: bool = False) -> torch.Tensor:
-    """Resize so the short side is ``resize``, then take the central ``size`` x ``size`` square."""
-    mode = TF.InterpolationMode.NEAREST if nearest else TF.InterpolationMode.BILINEAR
-    image = TF.resize(image, [resize], interpolation=mode, antialias=not nearest)
-    return TF.center_crop(image, [size, size])
 
 
 def load_images(source: Any, size: int, resize: int, limit: int = 0) -> PrototypeImages:
