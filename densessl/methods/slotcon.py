@@ -13,9 +13,10 @@ assignment pools pixels into K slots per view. Two losses:
 
 Total: w * group + (1 - w) * slot, w = 0.5. The teacher is exported (spec 6.2).
 
-Crops that do not overlap at all (possible after the reference's fallback draw) carry no
-positions for the group loss: they are left out of its mean instead of feeding RoIAlign the
-inverted boxes the reference passes.
+Crops that do not overlap at all (possible after the reference's fallback draw, common with
+elongated images) carry no positions for the group loss: RoIAlign re-samples them over the whole
+view (a valid box; the reference passes the inverted one, which can abort RoIAlign) and they
+are left out of the loss's mean with zero weight, so they add neither loss nor gradient.
 """
 
 from __future__ import annotations
@@ -81,8 +82,16 @@ def align_to_overlap(scores: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
     ``boxes`` (B, 4) are (x1, y1, x2, y2) in the view's own [0, 1] coordinates, already mirrored
     for flipped views; the output of flipped views is flipped back so both views' grids are in
     source-image orientation.
+
+    A row whose box is empty or inverted (crops that do not overlap) is re-sampled over the whole
+    view instead: RoIAlign sizes its sampling grid from the box, and an inverted box far from the
+    view gives a negative grid size that aborts the call (``cannot create std::vector larger than
+    max_size()``). Such rows carry no correspondence; the caller must mask them out.
     """
     b, _, h, w = scores.shape
+    empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    whole_view = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.where(empty.view(b, 1), whole_view, boxes)
     scale = torch.tensor([w, h, w, h], dtype=scores.dtype, device=scores.device)
     rois = torch.cat([torch.arange(b, device=scores.device, dtype=scores.dtype)[:, None], boxes * scale], 1)
     aligned = roi_align(scores, rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
