@@ -20,8 +20,34 @@ from densessl.views.sampler import ViewSampler, records_to_tensors
 
 log = logging.getLogger(__name__)
 
-#: consecutive unreadable images after which the dataset gives up (a broken disk, a wrong folder)
-MAX_SUBSTITUTES = 16
+#: default share of the dataset that may be unreadable under ``data.corrupt=skip`` before a run
+#: stops: enough for a broken sub-folder among many good ones, too little for a wrong folder
+DEFAULT_MAX_SKIPPED_FRACTION = 0.1
+
+
+def check_skip_budget(
+    skipped_distinct_or_total: int,
+    dataset_size: int,
+    fraction: float,
+    example: str | None = None,
+) -> None:
+    """Raise :class:`DataError` when more than ``fraction`` of ``dataset_size`` images are unreadable.
+
+    Pass the number of *distinct* unreadable files where it is known: a total of skips counts a
+    file again each time it is passed over (every epoch, and by each of the broken images before
+    it in a run of them), so it overstates the damage. ``example`` names one unreadable file in
+    the message.
+    """
+    # the epsilon keeps products such as 0.29 * 100 = 28.999... from losing an image
+    budget = int(fraction * dataset_size + 1e-9)
+    if skipped_distinct_or_total <= budget:
+        return
+    where = f"; e.g. {example}" if example else ""
+    raise DataError(
+        f"found {skipped_distinct_or_total} unreadable images among {dataset_size}, more than the skip "
+        f"budget of {budget} (data.max_skipped_fraction={fraction:g}){where}; repair or remove them, "
+        "or raise data.max_skipped_fraction"
+    )
 
 
 def derive_seed(*parts: int) -> int:
@@ -34,8 +60,13 @@ class MultiViewDataset(Dataset):
     """Item ``(epoch, index)`` -> the crops of image ``index`` drawn for ``epoch``.
 
     An unreadable image is, under policy ``skip``, reported once per process with a warning and
-    replaced by the next readable image; the item counts how many were skipped so the trainer
-    can log it. Under policy ``error`` it raises :class:`DataError` naming the file.
+    replaced by the next readable image in source order, so the substitute is the same in every
+    process and worker. The item counts how many images were passed over (``skipped``) and names
+    them (``unreadable``), so the trainer can log the count and check the skip budget on the
+    distinct files of all workers. Each process also checks the budget on the distinct
+    unreadable files it has met: more than ``max_skipped_fraction`` of the dataset raises
+    :class:`DataError` (a wrong or broken folder, not a few bad files). Under policy ``error``
+    the first unreadable image raises :class:`DataError` naming the file.
     """
 
     def __init__(
@@ -44,48 +75,62 @@ class MultiViewDataset(Dataset):
         sampler: ViewSampler,
         seed: int,
         corrupt: Literal["skip", "error"] = "skip",
+        *,
+        max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
     ) -> None:
         if len(source) == 0:
             raise DataError("the image source is empty")
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
         self.source = source
         self.sampler = sampler
         self.seed = seed
         self.corrupt = corrupt
-        self._reported: set[str] = set()
+        self.max_skipped_fraction = max_skipped_fraction
+        # distinct unreadable files met by this process (bounded by the budget: it raises first)
+        self._unreadable: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, int]:
-        for skipped in range(MAX_SUBSTITUTES):
-            position = (index + skipped) % len(self.source)
+    def _load(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        size = len(self.source)
+        passed: list[str] = []
+        for offset in range(size):
+            position = (index + offset) % size
             try:
                 array = self.source.load(position)
             except CorruptImageError as exc:
                 if self.corrupt == "error":
                     raise DataError(f"{exc} (set data.corrupt=skip to skip such images)") from exc
-                if exc.path not in self._reported:
-                    self._reported.add(exc.path)
+                passed.append(exc.path)
+                if exc.path not in self._unreadable:
+                    self._unreadable.add(exc.path)
                     log.warning("skipping unreadable image %s: %s", exc.path, exc.reason)
+                    check_skip_budget(len(self._unreadable), size, self.max_skipped_fraction, exc.path)
                 continue
-            return torch.from_numpy(array).permute(2, 0, 1).contiguous(), skipped
-        raise DataError(f"{MAX_SUBSTITUTES} consecutive images from index {index} are unreadable")
+            return torch.from_numpy(array).permute(2, 0, 1).contiguous(), passed
+        raise DataError(f"none of the {size} images is readable; e.g. {passed[0]}")
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        image, skipped = self._load(index)
+        image, unreadable = self._load(index)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
         crops, records = self.sampler(image, generator)
         return {
             "crops": crops,
             **records_to_tensors(records),
             "image_size": torch.tensor(image.shape[1:]),
-            "skipped": skipped,
+            "skipped": len(unreadable),
+            "unreadable": unreadable,
         }
 
 
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-view crops into (B, 3, H, W) uint8 batches and the geometry into tensors."""
+    """Stack per-view crops into (B, 3, H, W) uint8 batches and the geometry into tensors.
+
+    ``skipped`` sums the images passed over; ``unreadable`` lists the distinct files behind them.
+    """
     num_views = len(samples[0]["crops"])
     return {
         "crops": [torch.stack([s["crops"][v] for s in samples]) for v in range(num_views)],
@@ -93,6 +138,7 @@ def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "flips": torch.stack([s["flips"] for s in samples]),
         "image_sizes": torch.stack([s["image_size"] for s in samples]),
         "skipped": sum(s["skipped"] for s in samples),
+        "unreadable": sorted({path for s in samples for path in s.get("unreadable", ())}),
     }
 
 
