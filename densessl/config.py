@@ -2,14 +2,23 @@
 
 Every section is a dataclass; the ``method`` section's class is chosen by ``method.name`` from
 the method registry, so each method declares its own hyper-parameters. Loading is strict: an
-unknown key or a value of the wrong type stops with one line that names the key and what is
-accepted. (A small hand-written converter rather than OmegaConf: it can list valid keys and
-choices in the message, and resolve the method section by name.)
+unknown key, a value of the wrong type or out of range stops with one line that names the key
+and what is accepted (with a "did you mean" for a misspelt key or choice). (A small hand-written
+converter rather than OmegaConf: it can list valid keys and choices in the message, and resolve
+the method section by name.)
+
+A recipe is a file path or the name of a recipe shipped in :mod:`densessl.recipes`
+(``densecl/coco_r50_800ep``). A recipe may start from another one with ``base: NAME_OR_PATH``
+(a path is relative to the file that names it); its own keys are merged into the base's
+recursively: mappings merge key by key, any other value (lists included) replaces the base's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +29,7 @@ import yaml
 
 from densessl.augment import PhotometricConfig
 from densessl.methods import METHODS
+from densessl.recipes import recipe_names, recipe_path
 from densessl.views.sampler import CropSpec
 
 
@@ -55,6 +65,9 @@ class DataConfig:
     synthetic_length: int = 10000
     #: what an unreadable image does: ``skip`` (warn once, count, take the next image) or ``error``
     corrupt: Literal["skip", "error"] = "skip"
+    #: under ``corrupt=skip``: the run stops when more than this fraction of the images read
+    #: so far were unreadable (a broken folder, not a stray bad file)
+    max_skipped_fraction: float = 0.1
     workers: int = 4
 
 
@@ -106,6 +119,9 @@ class TrainConfig:
     #: stop after this many steps in total (0 = run all epochs); schedules still span all epochs
     max_steps: int = 0
     progress: bool = True
+    #: seconds a process waits for its peers in a collective before the job stops with an error
+    #: (a hung or stopped process); multi-process runs only
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -120,6 +136,13 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------------------------
 # dict -> dataclass conversion with clear errors
+
+
+def did_you_mean(word: str, candidates: list[str] | tuple[Any, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate to a misspelt ``word``, else ``""``."""
+    names = [str(c) for c in candidates]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _type_name(tp: Any) -> str:
@@ -140,7 +163,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(
-                f"{key}: invalid value {value!r}; valid choices: {', '.join(map(str, choices))}"
+                f"{key}: invalid value {value!r}{did_you_mean(value, choices)}; "
+                f"valid choices: {', '.join(map(str, choices))}"
             )
         return value
     if origin in (typing.Union, types.UnionType):
@@ -178,6 +202,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML follows YAML 1.1, which reads 1e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
@@ -194,7 +222,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key in data:
         if key not in names:
             where = f" in {prefix}" if prefix else ""
-            raise ConfigError(f"unknown key '{_join(prefix, key)}'{where}; valid keys: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown key '{_join(prefix, key)}'{where}{did_you_mean(key, names)}; "
+                f"valid keys: {', '.join(names)}"
+            )
     kwargs = {k: _convert(v, hints[k], _join(prefix, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -216,7 +247,10 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"method.name is required; valid choices: {', '.join(sorted(METHODS))}")
     name = method_data["name"]
     if name not in METHODS:
-        raise ConfigError(f"method.name: invalid value {name!r}; valid choices: {', '.join(sorted(METHODS))}")
+        raise ConfigError(
+            f"method.name: invalid value {name!r}{did_you_mean(name, sorted(METHODS))}; "
+            f"valid choices: {', '.join(sorted(METHODS))}"
+        )
     method = _build(METHODS[name].config_class, method_data, "method")
     config = _build(ExperimentConfig, {**data, "method": {}}, "")
     config.method = method
@@ -224,16 +258,148 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     return config
 
 
+# ----------------------------------------------------------------------------------------------
+# value ranges: checked at start-up so a bad value stops the run before any work, in one line
+
+
+def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def _require(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Stop unless ``low <= value <= high`` (open ends exclusive); None (an unset option) passes."""
+    if value is None:
+        return
+    ok = (
+        (low is None or (value > low if low_open else value >= low))
+        and (high is None or (value < high if high_open else value <= high))
+    )
+    if not ok:
+        kind = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
+        accepted = _range_text(low, high, low_open, high_open)
+        raise ConfigError(f"{key} must be {kind} {accepted}, got {value!r}")
+
+
+def _require_pair(
+    key: str, pair: tuple[float, float], low: float, high: float | None, low_open: bool
+) -> None:
+    """A (min, max) range: both ends in range and min <= max."""
+    for i, v in enumerate(pair):
+        _require(f"{key}.{i}", v, low, high, low_open=low_open)
+    if pair[0] > pair[1]:
+        raise ConfigError(f"{key} must be [min, max] with min <= max, got {list(pair)}")
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """YAML reads ``.nan`` and ``.inf`` as floats; no setting of a recipe accepts them."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), _join(key, f.name))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}.{i}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key} must be a finite number, got {node!r}")
+
+
+def _check_method(method: Any) -> None:
+    """Rules by field name, so every method's dataclass is covered without a list per method:
+    temperatures > 0; momenta, loss weights and probabilities in [0, 1]; sizes and counts >= 1.
+    A method config may add its own ``validate()`` (raising ValueError with the message)."""
+    for f in dataclasses.fields(method):
+        key, value = f"method.{f.name}", getattr(method, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = f.name.lower()
+        if "temp" in name:
+            _require(key, value, 0, low_open=True)
+        elif "momentum" in name or "weight" in name or "lambda" in name or name.endswith("_p"):
+            _require(key, value, 0, 1)
+        elif isinstance(value, int) and "seed" not in name:
+            _require(key, value, 1)
+    validate = getattr(method, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"method: {exc}") from exc
+
+
 def _check(config: ExperimentConfig) -> None:
+    _check_finite(config, "")
     min_views = METHODS[config.method.name].min_views
     if len(config.views) < min_views:
         raise ConfigError(f"views: method {config.method.name} needs at least {min_views} views")
-    if config.train.batch_size < 1 or config.train.epochs < 1:
-        raise ConfigError("train.batch_size and train.epochs must be positive")
+    _check_method(config.method)
+
+    model = config.model
+    _require("model.width", model.width, 0, low_open=True)
+    _require("model.patch_size", model.patch_size, 1)
+    _require("model.img_size", model.img_size, 1)
+    _require("model.num_heads", model.num_heads, 1)
+    _require("model.drop_path_rate", model.drop_path_rate, 0, 1, high_open=True)
+
+    data = config.data
+    _require("data.synthetic_length", data.synthetic_length, 1)
+    _require("data.workers", data.workers, 0)
+    _require("data.max_skipped_fraction", data.max_skipped_fraction, 0, 1, high_open=True)
+
     for i, view in enumerate(config.views):
-        ref = view.crop.reference
+        crop, photo, key = view.crop, view.photometric, f"views.{i}"
+        ref = crop.reference
         if ref is not None and not 0 <= ref < i:
-            raise ConfigError(f"views.{i}.crop.reference must name an earlier view (0..{i - 1}), got {ref}")
+            raise ConfigError(f"{key}.crop.reference must name an earlier view (0..{i - 1}), got {ref}")
+        _require(f"{key}.crop.size", crop.size, 1)
+        _require_pair(f"{key}.crop.scale", crop.scale, 0, 1, low_open=True)
+        _require_pair(f"{key}.crop.ratio", crop.ratio, 0, None, low_open=True)
+        _require(f"{key}.crop.flip_p", crop.flip_p, 0, 1)
+        _require(f"{key}.crop.threshold", crop.threshold, 0, 1)
+        _require(f"{key}.crop.tries", crop.tries, 1)
+        if crop.tries is None and ref is None:
+            raise ConfigError(f"{key}.crop.tries: null (retry until accepted) needs a crop.reference")
+        for name in ("jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+            _require(f"{key}.photometric.{name}", getattr(photo, name), 0, 1)
+        for name in ("brightness", "contrast", "saturation"):
+            _require(f"{key}.photometric.{name}", getattr(photo, name), 0)
+        _require(f"{key}.photometric.hue", photo.hue, 0, 0.5)
+        _require_pair(f"{key}.photometric.blur_sigma", photo.blur_sigma, 0, None, low_open=True)
+        _require(f"{key}.photometric.blur_sigma_scale", photo.blur_sigma_scale, 0, low_open=True)
+
+    optim = config.optim
+    _require("optim.lr", optim.lr, 0, low_open=True)
+    _require("optim.weight_decay", optim.weight_decay, 0)
+    _require("optim.momentum", optim.momentum, 0, 1)
+    for i, beta in enumerate(optim.betas):
+        _require(f"optim.betas.{i}", beta, 0, 1, high_open=True)
+    _require("optim.lars_eta", optim.lars_eta, 0, low_open=True)
+    _require("optim.min_lr", optim.min_lr, 0, optim.lr)
+    _require("optim.warmup_epochs", optim.warmup_epochs, 0, config.train.epochs)
+    _require("optim.warmup_start_factor", optim.warmup_start_factor, 0, 1)
+    _require("optim.clip_grad", optim.clip_grad, 0, low_open=True)
+    for i, milestone in enumerate(optim.milestones):
+        _require(f"optim.milestones.{i}", milestone, 1, config.train.epochs)
+    if list(optim.milestones) != sorted(optim.milestones):
+        raise ConfigError(f"optim.milestones must be in increasing order, got {optim.milestones}")
+
+    train = config.train
+    _require("train.epochs", train.epochs, 1)
+    _require("train.batch_size", train.batch_size, 1)
+    _require("train.checkpoint_every", train.checkpoint_every, 1)
+    _require("train.checkpoint_every_steps", train.checkpoint_every_steps, 0)
+    _require("train.log_every", train.log_every, 1)
+    _require("train.max_steps", train.max_steps, 0)
+    _require("train.collective_timeout_s", getattr(train, "collective_timeout_s", None), 0, low_open=True)
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -291,19 +457,91 @@ def _set(node: Any, parts: list[str], value: Any, full: str) -> None:
     _set(node[head], rest, value, full)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML recipe, apply overrides, validate."""
+def find_config(spec: str | Path) -> Path:
+    """The file ``spec`` names: an existing path, else a shipped recipe's name (``.yaml`` optional)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    recipe = recipe_path(str(spec))
+    if recipe is not None:
+        return recipe
+    names = recipe_names()
+    stem = str(spec).removesuffix(".yaml")
+    # the recipes lived in the checkout's configs/ folder before they shipped in the package
+    moved = stem.removeprefix("configs/")
+    if moved != stem and moved in names:
+        hint = f" (the recipes ship in the package now: use '{moved}')"
+    else:
+        hint = did_you_mean(stem, names)
+    raise ConfigError(
+        f"config file not found: {spec}{hint}; "
+        "give a YAML path or a recipe name (`densessl recipes` lists them)"
+    )
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_base(base: Any, including: Path) -> Path:
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{including}: base must be a recipe name or a path, got {base!r}")
+    # a path relative to the including file wins over a recipe of the same name
+    for candidate in (including.parent / base, including.parent / f"{base}.yaml"):
+        if candidate.is_file():
+            return candidate
+    recipe = recipe_path(base)
+    if recipe is not None:
+        return recipe
+    raise ConfigError(
+        f"{including}: base '{base}' is neither a file next to it nor a recipe"
+        f"{did_you_mean(base, recipe_names())}"
+    )
+
+
+def load_recipe_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The plain data of the recipe file at ``path`` with its ``base:`` chain merged in."""
     path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"recipe bases form a cycle: {cycle}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
+    if "base" not in data:
+        return data
+    own = dict(data)
+    base = _resolve_base(own.pop("base"), path)
+    return _merge(load_recipe_data(base, (*_chain, resolved)), own)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML recipe (a path or a shipped recipe's name) with its bases, apply overrides,
+    validate."""
+    data = load_recipe_data(find_config(path))
     for override in overrides or []:
         apply_override(data, override)
     return from_dict(data)
 
 
+def config_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML, in field order (what ``--print-config`` shows)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (every field, bases and overrides applied)."""
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

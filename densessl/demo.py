@@ -15,24 +15,23 @@ from typing import Any
 
 import torch
 
-from densessl.config import ConfigError, ExperimentConfig, load_config
+from densessl.config import ConfigError, ExperimentConfig, did_you_mean, load_config
 from densessl.data.synthetic import SynthConfig, SyntheticScenes, resolve_config
 from densessl.eval.segmentation import run_linear_probe
 from densessl.export import load_backbone
 from densessl.models.backbones import ResNetBackbone
+from densessl.recipes import quick_methods, recipe_path
 from densessl.training.trainer import Trainer
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def quick_config_path(method: str) -> Path:
-    path = CONFIG_DIR / "quick" / f"{method}_synthetic.yaml"
-    if not path.is_file():
-        available = sorted(
-            p.stem.removesuffix("_synthetic") for p in (CONFIG_DIR / "quick").glob("*_synthetic.yaml")
-        )
+    """The shipped quick recipe of ``method`` (``densessl/recipes/quick/<method>_synthetic.yaml``)."""
+    path = recipe_path(f"quick/{method}_synthetic")
+    if path is None:
+        available = quick_methods()
         raise ConfigError(
-            f"no quick recipe for '{method}' ({path}); available: {', '.join(available) or 'none'}"
+            f"no quick recipe for '{method}'{did_you_mean(method, available)}; "
+            f"available: {', '.join(available) or 'none'}"
         )
     return path
 
@@ -95,7 +94,8 @@ def run_demo(
         raise ConfigError("the demo runs on the embedded synthetic scenes (data.source=synthetic[:preset])")
 
     started = time.perf_counter()
-    result = Trainer(config, out_dir / "pretrain", resume="auto").fit()
+    # resume an interrupted (or finished) pre-training when the demo runs again, else start one
+    result = Trainer(config, out_dir / "pretrain", resume="auto-or-new").fit()
     pretrain_minutes = (time.perf_counter() - started) / 60
 
     scenes = resolve_config(synthetic_preset(config.data.source))

@@ -122,7 +122,7 @@ def test_a_wrong_key_set_is_refused_listing_missing_and_unexpected_keys():
 
 
 def densessl_checkpoint(path: Path, recipe: str, overrides: list[str]) -> nn.Module:
-    config = load_config(ROOT / "configs" / recipe, overrides)
+    config = load_config(ROOT / "densessl/recipes" / recipe, overrides)
     torch.manual_seed(0)
     method = build_model(config)
     with torch.no_grad():  # make the teacher differ from the student

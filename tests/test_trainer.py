@@ -21,7 +21,7 @@ from densessl.training.trainer import Trainer
 from tests.test_distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ROOT / "configs/quick/densecl_synthetic.yaml"
+QUICK = ROOT / "densessl/recipes/quick/densecl_synthetic.yaml"
 TINY = [
     "data.synthetic_length=48",
     "data.workers=0",
@@ -177,7 +177,7 @@ def test_fp16_with_grad_scaler_and_other_optimizers(tmp_path, optimizer):
 
 
 def test_slotcon_resume_restores_momentum_counter_and_losses(tmp_path):
-    recipe = ROOT / "configs/quick/slotcon_synthetic.yaml"
+    recipe = ROOT / "densessl/recipes/quick/slotcon_synthetic.yaml"
     tiny = [o for o in TINY if not o.startswith("method.")] + [
         "method.num_prototypes=8",
         "method.hidden_dim=16",

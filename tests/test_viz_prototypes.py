@@ -101,7 +101,7 @@ def test_resize_center_crop_keeps_the_centre():
 @pytest.fixture(scope="module")
 def slotcon_checkpoint(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("slotcon")
-    config = load_config(ROOT / "configs/quick/slotcon_synthetic.yaml", TINY_SLOTCON)
+    config = load_config(ROOT / "densessl/recipes/quick/slotcon_synthetic.yaml", TINY_SLOTCON)
     return Path(Trainer(config, run).fit()["checkpoint"])
 
 
@@ -144,7 +144,7 @@ def test_viz_prototypes_reads_an_image_folder_and_names_a_corrupt_file(slotcon_c
 
 
 def test_viz_prototypes_refuses_a_method_without_prototypes(tmp_path, capsys):
-    recipe = ROOT / "configs/quick/mocov2_synthetic.yaml"
+    recipe = ROOT / "densessl/recipes/quick/mocov2_synthetic.yaml"
     tiny = [o for o in TINY_SLOTCON if not o.startswith("method.")]
     tiny += ["method.queue_size=16", "train.max_steps=1"]
     checkpoint = Trainer(load_config(recipe, tiny), tmp_path / "moco").fit()["checkpoint"]
