@@ -209,6 +209,45 @@ def test_voc07_reader_errors(voc_root: Path, tmp_path: Path) -> None:
         VOC07Classification(copy, "train")
 
 
+CUSTOM = {"aeroplane": "glider", "bicycle": "tandem", "bird": "kite"}
+
+
+def custom_voc07(voc_root: Path, tmp_path: Path) -> Path:
+    """A custom data set in the VOC07 layout, without labels.txt: three of the fixture's classes
+    under other names, the other class files removed."""
+    copy = tmp_path / "custom"
+    shutil.copytree(voc_root, copy)
+    main = copy / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    for path in main.glob("*_*.txt"):
+        name, split = path.stem.rsplit("_", 1)
+        if name in CUSTOM:
+            path.rename(main / f"{CUSTOM[name]}_{split}.txt")
+        else:
+            path.unlink()
+    return copy
+
+
+def test_voc07_layout_without_labels_txt_names_its_classes(voc_root: Path, tmp_path: Path) -> None:
+    copy = custom_voc07(voc_root, tmp_path)
+    pascal = VOC07Classification(voc_root, "train")
+    ds = VOC07Classification(copy, "train")
+    assert ds.classes == ["glider", "kite", "tandem"]  # sorted
+    columns = [STANDARD_ORDER.index(n) for n in ("aeroplane", "bird", "bicycle")]
+    np.testing.assert_array_equal(ds.labels, pascal.labels[:, columns])
+
+
+def test_svm_voc07_on_a_custom_layout(voc_root: Path, backbone: torch.nn.Module, tmp_path: Path) -> None:
+    copy = custom_voc07(voc_root, tmp_path)
+    train, test = VOC07Classification(copy, "trainval"), VOC07Classification(copy, "test")
+    result = run_svm_voc07(backbone, train, test, "revisited", image_size=IMAGE_SIZE)
+    assert list(result["ap_per_class"]) == ["glider", "kite", "tandem"]
+    assert all(0 <= v <= 100 for v in result["ap_per_class"].values())
+    # a class named by one split only is an error, not a shifted column
+    (copy / "VOCdevkit/VOC2007/ImageSets/Main/kite_test.txt").unlink()
+    with pytest.raises(DataError, match=r"only in training \['kite'\], only in test none"):
+        run_svm_voc07(backbone, train, VOC07Classification(copy, "test"), "revisited", image_size=IMAGE_SIZE)
+
+
 def test_image_folder_reader(folders: Path, tmp_path: Path) -> None:
     ds = ImageFolderClassification(folders / "train")
     assert ds.classes == sorted(["circle", "square", "wide", "tall", "small"])

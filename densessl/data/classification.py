@@ -9,8 +9,9 @@
       ImageSets/Main/<cls>_<split>.txt        "<stem> <label>", label 1 present, -1 absent,
                                               0 present only as "difficult" objects
 
-and yields ``(image, labels)`` with ``labels`` an int8 row of 20 values in {1, -1, 0}, classes
-in the standard VOC order (:data:`VOC07_CLASSES`).
+and yields ``(image, labels)`` with ``labels`` an int8 row of values in {1, -1, 0}, one per
+class: PASCAL's 20 in the standard VOC order (:data:`VOC07_CLASSES`), or for a custom folder in
+this layout the classes ``labels.txt`` lists or, without it, the ``<cls>_<split>.txt`` files name.
 
 :class:`ImageFolderClassification` reads ``<root>/<class>/**/<image>`` (ImageNet style, class
 names sorted) and yields ``(image, class_index)``.
@@ -44,6 +45,7 @@ __all__ = [
     "VOC07Classification",
     "class_colour",
     "find_voc07_root",
+    "voc07_class_names",
     "write_image_folder_fixture",
     "write_voc07_fixture",
 ]
@@ -75,10 +77,47 @@ def _read_label_file(path: Path) -> dict[str, int]:
     return labels
 
 
+def voc07_class_names(root: Path, split: str) -> list[str]:
+    """The classes of a VOC07-layout folder: ``labels.txt`` when present, else those named by
+    ``ImageSets/Main/<class>_<split>.txt``.
+
+    Discovered classes are sorted, except that exactly PASCAL's 20 keep :data:`VOC07_CLASSES`
+    order (the same order as it happens, but stated rather than relied upon). A strict subset of
+    PASCAL's 20 is taken for PASCAL with files missing, and raises :class:`DataError`.
+    """
+    listed = root / "labels.txt"
+    if listed.is_file():
+        names = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+        if not names:
+            raise DataError(f"class list {listed} is empty")
+        return names
+    main = root / "ImageSets" / "Main"
+    suffix = f"_{split}.txt"
+    found = sorted(p.name[: -len(suffix)] for p in main.glob(f"*{suffix}") if len(p.name) > len(suffix))
+    if not found:
+        available = sorted({p.stem.rsplit("_", 1)[1] for p in main.glob("*_*.txt")})
+        raise DataError(
+            f"the class label files of split {split!r} (<class>{suffix}) are missing from {main}; "
+            f"splits with labels: {', '.join(available) or 'none'}"
+        )
+    if set(found) < set(VOC07_CLASSES):
+        # most likely PASCAL VOC 2007 with files lost, rather than a custom set of PASCAL names:
+        # scoring the rest silently would report a mAP over fewer classes than the benchmark's
+        lost = [main / f"{name}{suffix}" for name in VOC07_CLASSES if name not in found]
+        raise DataError(
+            f"{len(lost)} of PASCAL VOC's 20 class label files of split {split!r} are missing, e.g. "
+            f"{lost[0]}; for a data set of only the {len(found)} classes found, list them in {listed}"
+        )
+    return list(VOC07_CLASSES) if set(found) == set(VOC07_CLASSES) else found
+
+
 class VOC07Classification:
-    """One split of PASCAL VOC 2007 image classification (20 classes, multi-label).
+    """One split of PASCAL VOC 2007-layout image classification (multi-label).
 
     ``root`` may be the ``VOC2007`` folder, ``VOCdevkit`` or the folder holding ``VOCdevkit``.
+    The classes are those ``labels.txt`` lists (one name per line) or, without it, those the
+    split's ``ImageSets/Main/<class>_<split>.txt`` files name (see :func:`voc07_class_names`):
+    PASCAL's 20 for PASCAL VOC 2007, any set for a custom folder in the same layout.
     Items are ``(image, labels)``: an RGB uint8 (H, W, 3) array and a copy of the int8 row of
     :attr:`labels` (1 present, -1 absent, 0 difficult). The image list is ``<split>.txt`` when
     it exists, else the first class file's order; every class file must list exactly those
@@ -88,15 +127,8 @@ class VOC07Classification:
     def __init__(self, root: str | os.PathLike, split: str = "trainval") -> None:
         self.root = find_voc07_root(root)
         self.split = split
-        # the 20 VOC classes, or those a ``labels.txt`` beside ``ImageSets`` names (synthetic sets)
-        names = self.root / "labels.txt"
-        listed = (
-            [line.strip() for line in names.read_text().splitlines() if line.strip()]
-            if names.is_file()
-            else []
-        )
-        self.classes: list[str] = listed or list(VOC07_CLASSES)
         main = self.root / "ImageSets" / "Main"
+        self.classes: list[str] = voc07_class_names(self.root, split)
         class_files = [main / f"{name}_{split}.txt" for name in self.classes]
         missing = [p for p in class_files if not p.is_file()]
         if missing:
@@ -122,7 +154,7 @@ class VOC07Classification:
             except KeyError as exc:
                 raise DataError(f"{path} has no label for image {exc.args[0]}") from None
         self.stems: list[str] = stems
-        #: (N, 20) int8 labels in {1, -1, 0}, classes in :data:`VOC07_CLASSES` order
+        #: (N, num_classes) int8 labels in {1, -1, 0}, columns in :attr:`classes` order
         self.labels: np.ndarray = labels
         self.image_dir = self.root / "JPEGImages"
         if not self.image_dir.is_dir():

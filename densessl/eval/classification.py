@@ -276,6 +276,16 @@ def run_svm_voc07(
             raise DataError(f"the {name} labels must be one row of per-class labels per image")
         if not np.all(np.isin(y, (1, -1, 0))):
             raise DataError(f"the {name} labels must be 1 (present), -1 (absent) or 0 (difficult)")
+    train_names, test_names = getattr(train_set, "classes", None), getattr(test_set, "classes", None)
+    if train_names is not None and test_names is not None and list(train_names) != list(test_names):
+        # classes discovered per split (custom VOC07 layouts) must line up column by column
+        only_train = sorted(set(train_names) - set(test_names))
+        only_test = sorted(set(test_names) - set(train_names))
+        raise DataError(
+            "training and test splits name different classes: "
+            f"only in training {only_train or 'none'}, only in test {only_test or 'none'}"
+            + ("" if only_train or only_test else " (same names, different order)")
+        )
     if y_train.shape[1] != y_test.shape[1]:
         raise DataError(f"training has {y_train.shape[1]} classes but test has {y_test.shape[1]}")
     n_cls = y_train.shape[1]
