@@ -211,12 +211,13 @@ def test_voc_devkit_aug_split(tmp_path) -> None:
         (voc / sub).mkdir(parents=True)
     mask = np.zeros((8, 8), dtype=np.uint8)
     mask[2:6, 2:6] = 7
-    for stem in ("a", "b"):
+    a, b = "2007_000032", "2008_000002"  # PASCAL's image names: the 21 VOC classes, no labels.txt
+    for stem in (a, b):
         Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{stem}.jpg")
         Image.fromarray(mask, mode="L").save(voc / "SegmentationClassAug" / f"{stem}.png")
-    save_palette_png(mask, voc / "SegmentationClass" / "a.png")
-    (voc / "ImageSets/Segmentation/train.txt").write_text("a\n")
-    (voc / "ImageSets/Segmentation/aug.txt").write_text("a\nb\n")
+    save_palette_png(mask, voc / "SegmentationClass" / f"{a}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text(f"{a}\n")
+    (voc / "ImageSets/Segmentation/aug.txt").write_text(f"{a}\n{b}\n")
     aug = voc_segmentation(tmp_path, "trainaug")
     assert len(aug) == 2 and np.array_equal(aug[1][1], mask)
     assert len(voc_segmentation(tmp_path, "train")) == 1

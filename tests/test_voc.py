@@ -114,7 +114,7 @@ def _real_voc_fixture(tmp_path: Path) -> Path:
     for stem in ("2007_000032", "2007_000033"):
         Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{stem}.jpg")
     save_palette_png(mask, root / "SegmentationClass" / "2007_000032.png")
-    odd = Image.frombytes("P", (8, 6), (mask // 5).tobytes())
+    odd = Image.frombytes("P", (8, 6), np.where(mask == 255, 255, mask // 5).astype(np.uint8).tobytes())
     odd.putpalette([255 - (i % 256) for i in range(768)])
     odd.save(root / "SegmentationClass" / "2007_000033.png")
     (root / "ImageSets/Segmentation/val.txt").write_text("2007_000032\n2007_000033\n")
@@ -129,7 +129,7 @@ def test_real_voc_reads_palette_indices(tmp_path: Path) -> None:
     assert image.shape == (6, 8, 3)
     assert mask[2, 3] == 15 and mask[0, 0] == 255 and mask[5, 0] == 0
     _, mask2 = ds[1]
-    assert mask2[2, 3] == 3 and mask2[0, 0] == 51  # indices, whatever the palette colours
+    assert mask2[2, 3] == 3 and mask2[0, 0] == 255  # indices, whatever the palette colours
     # an RGB mask is rejected instead of being silently misread
     Image.open(root / "SegmentationClass" / "2007_000032.png").convert("RGB").save(
         root / "SegmentationClass" / "2007_000032.png"
@@ -162,3 +162,49 @@ def test_missing_split_image_or_mask(tmp_path: Path) -> None:
     shutil.rmtree(root / "ImageSets")
     with pytest.raises(DataError, match="val.txt"):
         VOCSegmentation(root, "val")
+
+
+def _custom_voc(tmp_path: Path, labels: list[str] | None, stems=("img_a", "img_b"), top: int = 6) -> Path:
+    """A custom set in the VOC 2012 layout whose masks use ids 0..``top``."""
+    root = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    mask = np.zeros((6, 32), dtype=np.uint8)
+    for i, stem in enumerate(stems):
+        Image.fromarray(np.full((6, 32, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{stem}.jpg")
+        mask[:, :] = 0
+        mask[1:3, : top + 1] = np.arange(top + 1)
+        mask[5, i] = 255
+        save_palette_png(mask, root / "SegmentationClass" / f"{stem}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"{s}\n" for s in stems))
+    if labels is not None:
+        (root / "labels.txt").write_text("".join(f"{n}\n" for n in labels))
+    return root
+
+
+def test_a_custom_set_without_labels_txt_is_not_scored_over_pascal_classes(tmp_path: Path) -> None:
+    root = _custom_voc(tmp_path, labels=None)
+    with pytest.raises(DataError) as info:
+        VOCSegmentation(root, "val")
+    message = str(info.value)
+    assert "no labels.txt" in message and "'img_a'" in message
+    assert "masks hold ids 0..6" in message and str(root / "labels.txt") in message
+    # with the names written down, the set has exactly its own classes
+    (root / "labels.txt").write_text("".join(f"class{i}\n" for i in range(7)))
+    ds = VOCSegmentation(root, "val")
+    assert ds.num_classes == 7 and ds[0][1].max() == 255
+
+
+def test_mask_ids_beyond_the_class_list_are_named_with_the_fix(tmp_path: Path) -> None:
+    short = _custom_voc(tmp_path / "short", labels=["bg", "a", "b", "c"], top=6)
+    with pytest.raises(DataError, match=r"holds class ids 4\.\.6 beyond the 4 classes of .*labels\.txt.*add"):
+        VOCSegmentation(short, "val")[0]
+    # PASCAL's own image names, no labels.txt, ids PASCAL does not have
+    pascal = _custom_voc(tmp_path / "pascal", labels=None, stems=("2007_000032", "2007_000033"), top=22)
+    ds = VOCSegmentation(pascal, "val")
+    assert ds.class_names == list(VOC_CLASSES)
+    with pytest.raises(DataError) as info:
+        ds.load_mask(1)
+    message = str(info.value)
+    assert "holds class ids 21, 22 beyond PASCAL VOC's 21 classes" in message
+    assert "cover ids 0..20 (255 = void)" in message and "write" in message and "ids 0..22" in message

@@ -8,6 +8,7 @@ line). Mask values are the palette *indices* of the PNG, never its colours.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,10 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 VOID_LABEL = 255
+
+#: image names of PASCAL VOC 2007-2012 and SBD (``2007_000032``), and of VOC 2007's own
+#: segmentation set (``000032``): what tells PASCAL apart from a custom set in the same layout
+PASCAL_STEM = re.compile(r"(\d{4}_)?\d{6}")
 
 
 def find_voc_root(root: str | os.PathLike) -> Path:
@@ -82,9 +87,13 @@ class VOCSegmentation(ImageMaskPairs):
 
     ``image`` is (H, W, 3) RGB, ``mask`` (H, W) with class ids and 255 for void. ``root`` may be
     the ``VOC2012`` folder, ``VOCdevkit`` or the folder holding ``VOCdevkit``. ``mask_dir`` selects
-    e.g. ``SegmentationClassAug``. If ``labels.txt`` (one class name per line) sits in the VOC2012
-    folder, it defines the classes (the synthetic benchmark writes one); otherwise the 21 VOC
-    classes are used. Also usable as an :class:`~densessl.data.base.ImageSource`.
+    e.g. ``SegmentationClassAug``. If ``labels.txt`` (one class name per line, for ids 0, 1, ...)
+    sits in the VOC2012 folder, it defines the classes (the synthetic benchmark writes one).
+    Without it the folder must be PASCAL VOC itself (image names such as ``2007_000032``), which
+    has the 21 VOC classes; a custom set in this layout raises :class:`DataError` asking for
+    ``labels.txt``, since scoring it over PASCAL's classes would count each class it lacks as
+    IoU 0. A mask id beyond the class list (255 = void aside) raises :class:`DataError` when the
+    mask is read. Also usable as an :class:`~densessl.data.base.ImageSource`.
     """
 
     def __init__(
@@ -111,14 +120,38 @@ class VOCSegmentation(ImageMaskPairs):
         self.stems: list[str] = stems
         self._check_files()
 
-        labels = self.root / "labels.txt"
-        if labels.is_file():
-            names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+        self.labels_file = self.root / "labels.txt"
+        if self.labels_file.is_file():
+            names = [line.strip() for line in self.labels_file.read_text().splitlines() if line.strip()]
             if not names:
-                raise DataError(f"class list {labels} is empty")
+                raise DataError(f"class list {self.labels_file} is empty")
             self.class_names: list[str] = names
         else:
+            foreign = next((stem for stem in stems if not PASCAL_STEM.fullmatch(stem)), None)
+            if foreign is not None:
+                # Scoring such a set over PASCAL's 21 classes would count every class it lacks
+                # as IoU 0 and pull the mIoU down without a word; its own names are not
+                # written anywhere, so the user has to supply them.
+                raise DataError(
+                    f"{self.root} has no labels.txt and its images are not PASCAL VOC's (e.g. "
+                    f"{foreign!r}), so its classes are unknown; {self._ids_hint()}write "
+                    f"{self.labels_file} with one class name per line, for ids 0, 1, ... in order"
+                )
             self.class_names = list(VOC_CLASSES)
+
+    def _ids_hint(self, limit: int = 200) -> str:
+        """``"its masks hold ids ...; "`` from the first ``limit`` masks (only for messages)."""
+        seen: set[int] = set()
+        for index in range(min(len(self), limit)):
+            try:
+                seen.update(np.unique(read_label_png(self.mask_path(index))).tolist())
+            except DataError:
+                continue
+        seen.discard(VOID_LABEL)
+        if not seen:
+            return ""
+        where = "" if len(self) <= limit else f" (first {limit})"
+        return f"its masks{where} hold ids {_id_list(sorted(seen))}; "
 
     def _check_files(self) -> None:
         for kind, paths in (
@@ -153,5 +186,31 @@ class VOCSegmentation(ImageMaskPairs):
         return decode_image(self.image_path(index))
 
     def load_mask(self, index: int) -> np.ndarray:
-        """The (H, W) uint8 class-index mask; 255 = void."""
-        return read_label_png(self.mask_path(index))
+        """The (H, W) uint8 class-index mask; 255 = void.
+
+        An id outside the class list raises :class:`DataError` naming the ids and the fix,
+        rather than failing deep inside a metric or being scored as a wrong class.
+        """
+        path = self.mask_path(index)
+        mask = read_label_png(path)
+        n = self.num_classes
+        outside = (mask >= n) & (mask != VOID_LABEL)
+        if outside.any():
+            ids = np.unique(mask[outside]).tolist()
+            if self.labels_file.is_file():
+                listed, fix = f"the {n} classes of {self.labels_file}", "add their names to it"
+            else:
+                listed = f"PASCAL VOC's {n} classes (there is no labels.txt)"
+                fix = f"write {self.labels_file} with one class name per line for ids 0..{max(ids)}"
+            raise DataError(
+                f"mask {path} holds class ids {_id_list(ids)} beyond {listed}, which cover ids "
+                f"0..{n - 1} ({VOID_LABEL} = void); {fix}"
+            )
+        return mask
+
+
+def _id_list(ids: list[int]) -> str:
+    """``0..6`` for a run of consecutive ids, else the ids joined by commas."""
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}..{ids[-1]}"
+    return ", ".join(map(str, ids))
