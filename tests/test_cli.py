@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from densessl.cli import main
 from densessl.data.voc import VOCSegmentation
 
@@ -45,7 +47,8 @@ def test_synth_then_seg_probe_on_the_voc_layout(tmp_path, capsys):
     result = last_json(capsys.readouterr().out)
     assert code == 0
     assert result["protocol"] == "seg-probe" and len(result["miou_per_seed"]) == 2
-    assert 0.0 <= result["miou"] <= 1.0 and result["num_classes"] == 9
+    assert result["unit"] == "percent" and 0.0 <= result["miou"] <= 100.0 and result["num_classes"] == 9
+    assert result["miou"] == pytest.approx(sum(result["miou_per_seed"]) / 2)
 
 
 def test_eval_needs_an_architecture_for_random_weights(capsys):

@@ -44,6 +44,19 @@ def test_collect_and_tabulate_headline_figures(tmp_path):
     assert picture.size[0] > 100 and picture.size[1] > 200
 
 
+def test_percent_lines_are_read_as_they_are_and_older_fraction_lines_are_scaled(tmp_path):
+    run = write_run(
+        tmp_path,
+        "r",
+        [
+            {"protocol": "seg-nn", "data": "a", "unit": "percent", "miou": 31.5},
+            {"protocol": "seg-cluster", "data": "a", "miou": 0.2},  # saved before seg-* printed percent
+            {"protocol": "davis", "data": "a", "unit": "percent", "J&F-Mean": 40.0},
+        ],
+    )
+    assert collect([run])["r"] == {"seg-nn": 31.5, "seg-cluster": pytest.approx(20.0), "davis": 40.0}
+
+
 def test_two_datasets_of_one_protocol_get_their_own_columns(tmp_path):
     run = write_run(
         tmp_path,
@@ -92,7 +105,8 @@ def test_eval_save_then_report_from_the_command_line(tmp_path, capsys):
 
     assert main(["eval", "report", str(run), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    assert f"| random | {100 * saved['miou']:.2f} |" in out
+    assert saved["unit"] == "percent" and 0 < saved["miou"] <= 100
+    assert f"| random | {saved['miou']:.2f} |" in out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
 
 

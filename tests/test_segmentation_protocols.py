@@ -451,7 +451,7 @@ def test_cli_seg_probe_linear_and_fcn(tmp_path, capsys) -> None:
         ["seg-probe", *TINY, *SYNTH, "--head", "fcn", "--fcn-channels", "8", "--epochs", "1", "--seeds", "0"],
         capsys,
     )
-    assert r["head"] == "fcn" and 0.0 <= r["miou"] <= 1.0
+    assert r["head"] == "fcn" and 0.0 <= r["miou"] <= 100.0
 
 
 def test_cli_seg_nn_on_synthetic_and_leopart_layout(tmp_path, capsys) -> None:
@@ -461,7 +461,50 @@ def test_cli_seg_nn_on_synthetic_and_leopart_layout(tmp_path, capsys) -> None:
     root = write_leopart_voc_fixture(tmp_path)
     data = ["--data", f"leopart-voc:{root}", "--train-split", "trainaug", "--image-size", "32"]
     r = _run(["seg-nn", *TINY, *data], capsys)
-    assert r["num_classes"] == 21 and r["num_train"] == 5 and r["num_val"] == 2 and 0 <= r["miou"] <= 1
+    assert r["num_classes"] == 21 and r["num_train"] == 5 and r["num_val"] == 2 and 0 <= r["miou"] <= 100
+
+
+def test_cli_seg_nn_prints_the_library_figures_in_percent(capsys) -> None:
+    from densessl.eval.cli_common import backbone_from_args
+    from densessl.eval.retrieval import run_nn_retrieval
+
+    argv = ["seg-nn", *TINY, *SYNTH, "--k", "5"]
+    printed = _run(argv, capsys)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="protocol", required=True))
+    args = parser.parse_args(argv)
+    data = load_segmentation_data("synthetic:easy", synthetic_train=12, synthetic_val=6)
+    raw = run_nn_retrieval(
+        backbone_from_args(args), data.train, data.val, data.num_classes, image_size=64, k=5, void="zero"
+    )
+    assert printed["unit"] == "percent"
+    assert printed["miou"] == pytest.approx(100 * raw["miou"]) and raw["miou"] > 0.01
+    assert printed["pixel_acc"] == pytest.approx(100 * raw["pixel_acc"])
+    assert printed["iou_per_class"] == pytest.approx([100 * v for v in raw["iou_per_class"]])
+    assert printed["k"] == raw["k"] and printed["num_pixels"] == raw["num_pixels"]
+
+
+def test_to_percent_scales_fractions_at_any_depth_and_nothing_else() -> None:
+    from densessl.eval.segmentation_cli import to_percent
+
+    result = {
+        "miou": 0.25,
+        "num_classes": 7,
+        "k": 7,
+        "absent": "zero",
+        "miou_per_seed": [0.2, 0.3],
+        "clusterings": [{"k": 7, "miou": 0.5, "pixel_acc_std": 0.01, "iou_per_class": [1.0, float("nan")]}],
+        "retrieval": {"miou": 0.1, "miou_subset": None, "num_queries": 4, "subset": [1, 3]},
+        "eval_resolution": [64, 64],
+    }
+    out = to_percent(result)
+    assert out["miou"] == 25.0 and out["miou_per_seed"] == [20.0, 30.0]
+    assert out["num_classes"] == 7 and out["k"] == 7 and out["absent"] == "zero"
+    assert out["clusterings"][0]["miou"] == 50.0 and out["clusterings"][0]["pixel_acc_std"] == 1.0
+    assert out["clusterings"][0]["iou_per_class"][0] == 100.0
+    assert np.isnan(out["clusterings"][0]["iou_per_class"][1]) and out["clusterings"][0]["k"] == 7
+    assert out["retrieval"] == {"miou": 10.0, "miou_subset": None, "num_queries": 4, "subset": [1, 3]}
+    assert out["eval_resolution"] == [64, 64] and result["miou"] == 0.25  # the input is left alone
 
 
 def test_cli_seg_cluster(tmp_path, capsys) -> None:
@@ -469,7 +512,7 @@ def test_cli_seg_cluster(tmp_path, capsys) -> None:
     r = _run(argv, capsys)
     assert r["protocol"] == "seg-cluster" and [c["k"] for c in r["clusterings"]] == [7, 14]
     assert r["miou"] == r["clusterings"][0]["miou"] and r["retrieval"]["regions"] == "foreground"
-    assert 0.0 <= r["retrieval"]["miou"] <= 1.0 and r["eval_resolution"] == 64
+    assert 0.0 <= r["retrieval"]["miou"] <= 100.0 and r["eval_resolution"] == 64
     root = write_ade20k_fixture(tmp_path)
     data = ["--data", f"ade20k:{root}", "--image-size", "32"]
     r = _run(["seg-cluster", *TINY, *data, "--seeds", "0", "--n-init", "1", "--clusters", "4"], capsys)

@@ -46,8 +46,21 @@ def backbone_from_args(args: argparse.Namespace, seed: int = 0):
     return load_backbone(args.weights, model)
 
 
+#: the unit of every score an eval command prints (mIoU, accuracies, AP, J&F)
+UNIT = "percent"
+
+
 def emit(protocol: str, args: argparse.Namespace, figures: dict[str, Any], **extra: Any) -> int:
-    """Print ``{"protocol", "weights", "data", **extra, **figures}`` as one JSON line."""
-    record = {"protocol": protocol, "weights": str(args.weights), "data": getattr(args, "data", None)}
+    """Print ``{"protocol", "weights", "data", "unit", **extra, **figures}`` as one JSON line.
+
+    ``unit`` ("percent") is written so that saved lines say what their numbers mean: the
+    segmentation commands printed fractions before, without it.
+    """
+    record = {
+        "protocol": protocol,
+        "weights": str(args.weights),
+        "data": getattr(args, "data", None),
+        "unit": UNIT,
+    }
     print(json.dumps({**record, **extra, **figures}))
     return 0

@@ -19,16 +19,18 @@ from PIL import Image, ImageDraw, ImageFont
 
 from densessl.data.base import DataError
 
-#: protocol -> (headline key, multiplier to percent)
-HEADLINES: dict[str, tuple[str, float]] = {
-    "seg-probe": ("miou", 100.0),
-    "seg-nn": ("miou", 100.0),
-    "seg-cluster": ("miou", 100.0),
-    "svm-voc07": ("map", 1.0),
-    "knn": ("top1", 1.0),
-    "linear": ("top1", 1.0),
-    "davis": ("J&F-Mean", 1.0),
+#: protocol -> headline key; every eval command prints its scores in percent
+HEADLINES: dict[str, str] = {
+    "seg-probe": "miou",
+    "seg-nn": "miou",
+    "seg-cluster": "miou",
+    "svm-voc07": "map",
+    "knn": "top1",
+    "linear": "top1",
+    "davis": "J&F-Mean",
 }
+#: protocols whose lines saved before ``unit`` was written hold fractions
+FRACTION_BEFORE_UNIT = frozenset({"seg-probe", "seg-nn", "seg-cluster"})
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -37,9 +39,11 @@ def headline(result: dict[str, Any]) -> float | None:
     protocol = result.get("protocol")
     if protocol not in HEADLINES:
         return None
-    key, scale = HEADLINES[protocol]
-    value = result.get(key)
-    return None if value is None else float(value) * scale
+    value = result.get(HEADLINES[protocol])
+    if value is None:
+        return None
+    legacy = protocol in FRACTION_BEFORE_UNIT and "unit" not in result
+    return float(value) * (100.0 if legacy else 1.0)
 
 
 def _protocol(result: dict[str, Any]) -> str:

@@ -2,6 +2,9 @@
 
 :func:`add_commands` adds them to the ``eval`` sub-parsers; each sets ``func`` to a handler
 ``(args) -> int`` that prints one JSON line ``{"protocol", "weights", "data", **figures}``.
+Scores are printed in percent, like every other ``densessl eval`` command: the protocol
+functions return fractions in [0, 1] (their callers, such as the demo, rely on that), and
+:func:`to_percent` scales them here, at the command line.
 
 ``--data`` takes ``voc:ROOT`` (VOC 2012 devkit layout; split ``aug``/``trainaug`` reads
 ``SegmentationClassAug``), ``leopart-voc:ROOT`` (the pre-cut layout with ``sets/``),
@@ -22,13 +25,57 @@ from densessl.data.base import DataError
 from densessl.eval.cli_common import add_backbone_arguments, backbone_from_args, device_from_args, emit
 
 __all__ = [
+    "FRACTION_KEYS",
     "SegmentationData",
     "add_commands",
     "cmd_seg_cluster",
     "cmd_seg_nn",
     "cmd_seg_probe",
     "load_segmentation_data",
+    "to_percent",
 ]
+
+#: keys whose values (numbers, or lists of them) the segmentation protocols give as fractions
+FRACTION_KEYS = frozenset(
+    {
+        "miou",
+        "miou_std",
+        "miou_per_seed",
+        "miou_subset",
+        "iou_per_class",
+        "pixel_acc",
+        "pixel_acc_std",
+        "pixel_acc_per_seed",
+        "mean_acc",
+        "acc_per_class",
+        "fwiou",
+    }
+)
+
+
+def to_percent(result: Any) -> Any:
+    """A copy of ``result`` with the values of :data:`FRACTION_KEYS` in percent, at any depth
+    (``clusterings`` is a list of dicts, ``retrieval`` a dict); None and NaN stay as they are."""
+    if isinstance(result, list):
+        return [to_percent(item) for item in result]
+    if not isinstance(result, dict):
+        return result
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in FRACTION_KEYS:
+            out[key] = _scaled(value)
+        else:
+            out[key] = to_percent(value)
+    return out
+
+
+def _scaled(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_scaled(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return 100.0 * value
+
 
 DATA_HELP = "leopart-voc:ROOT, ade20k:ROOT, cityscapes:ROOT, cocostuff:ROOT, voc:ROOT or synthetic[:preset]"
 REAL_IMAGE_SIZE = 448
@@ -262,7 +309,7 @@ def cmd_seg_probe(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     result.update({"preset": args.preset, "epochs": s["epochs"], "lr": s["lr"]})
-    return emit("seg-probe", args, result)
+    return emit("seg-probe", args, to_percent(result))
 
 
 def cmd_seg_nn(args: argparse.Namespace) -> int:
@@ -287,7 +334,7 @@ def cmd_seg_nn(args: argparse.Namespace) -> int:
         extract_batch_size=args.extract_batch_size,
         cache_dir=args.cache_dir,
     )
-    return emit("seg-nn", args, result)
+    return emit("seg-nn", args, to_percent(result))
 
 
 def cmd_seg_cluster(args: argparse.Namespace) -> int:
@@ -343,4 +390,4 @@ def cmd_seg_cluster(args: argparse.Namespace) -> int:
     result["num_train"] = len(data.train) if args.retrieval else 0
     result["num_val"] = len(data.val)
     result["seconds"] = time.perf_counter() - t0
-    return emit("seg-cluster", args, result)
+    return emit("seg-cluster", args, to_percent(result))
