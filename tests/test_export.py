@@ -334,3 +334,91 @@ def test_inspect_reports_a_densessl_checkpoint(tmp_path, capsys):
     ) - (512 * 1000 + 1000)
     assert "<- exported" in out and "detectron2" in report["formats"]
     assert from_dict(torch.load(tmp_path / "c.pt", weights_only=False)["config"]).train.batch_size == 128
+
+
+# --- non-standard architectures -------------------------------------------------------------------
+
+QUICK_R18 = ["method.queue_size=16"]  # the quick recipe's small-input, quarter-width ResNet-18
+
+
+def test_exporting_the_quick_backbone_warns_with_a_constructor_that_loads_it(tmp_path, caplog):
+    method = densessl_checkpoint(tmp_path / "q.pt", "quick/mocov2_synthetic.yaml", QUICK_R18)
+    with caplog.at_level("WARNING", logger="densessl.export"):
+        info = export(tmp_path / "q.pt", tmp_path / "q.pth", to="torchvision")
+    expected = "densessl.models.backbones.ResNetBackbone('resnet18', small_input=True, width=0.25)"
+    assert info["standard_architecture"] is False and info["load_with"] == expected
+    assert json.loads((tmp_path / "q.pth.json").read_text())["standard_architecture"] is False
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "not torchvision's standard resnet18" in warning and expected in warning
+    # the README's snippet does not load it; the construction the warning names does
+    reference = torchvision.models.resnet18()
+    reference.fc = nn.Identity()
+    with pytest.raises(RuntimeError):
+        reference.load_state_dict(torch.load(tmp_path / "q.pth"), strict=True)
+    from densessl.models.backbones import ResNetBackbone
+
+    backbone = ResNetBackbone("resnet18", small_input=True, width=0.25).eval()
+    backbone.load_state_dict(torch.load(tmp_path / "q.pth"), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(backbone(x), method.export_encoder().eval()(x), atol=1e-5)
+
+
+def test_a_detectron2_export_of_the_quick_backbone_says_no_config_builds_it(tmp_path, caplog):
+    densessl_checkpoint(tmp_path / "q.pt", "quick/mocov2_synthetic.yaml", QUICK_R18)
+    with caplog.at_level("WARNING", logger="densessl.export"):
+        info = export(tmp_path / "q.pt", tmp_path / "q.pkl", to="detectron2")
+    assert info["standard_architecture"] is False
+    assert "no detectron2 ResNet config builds it" in info["load_with"]
+    assert "--to torchvision" in info["load_with"] and "ResNetBackbone('resnet18'" in info["load_with"]
+    assert any("not detectron2's standard resnet18" in r.getMessage() for r in caplog.records)
+
+
+def test_a_small_stem_at_full_width_loads_into_the_torchvision_construction_the_warning_names(tmp_path):
+    overrides = ["model.width=1.0", "method.queue_size=16"]
+    method = densessl_checkpoint(tmp_path / "s.pt", "quick/mocov2_synthetic.yaml", overrides)
+    info = export(tmp_path / "s.pt", tmp_path / "s.pth", to="torchvision")
+    assert info["standard_architecture"] is False
+    assert "model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)" in info["load_with"]
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(torch.load(tmp_path / "s.pth"), strict=True)
+    trunk = nn.Sequential(*list(model.children())[:-2]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(trunk(x), method.export_encoder().eval()(x), atol=1e-5)
+
+
+def test_a_standard_backbone_exports_without_a_warning(tmp_path, caplog):
+    densessl_checkpoint(tmp_path / "r.pt", "quick/mocov2_synthetic.yaml", MOCO_R18)
+    with caplog.at_level("WARNING", logger="densessl.export"):
+        info = export(tmp_path / "r.pt", tmp_path / "r.pkl", to="detectron2")
+    assert info["standard_architecture"] is True and "load_with" not in info
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("mmseg", "dict(type='ResNet', depth=50, stem_channels=32, base_channels=32)"),
+        ("detectron2", "MODEL.RESNETS.STEM_OUT_CHANNELS 32 MODEL.RESNETS.RES2_OUT_CHANNELS 128"),
+        ("torchvision", "densessl.models.backbones.ResNetBackbone('resnet50', width=0.5)"),
+    ],
+)
+def test_a_half_width_resnet50_gets_each_frameworks_width_settings(fmt, expected):
+    from densessl.export import architecture_check
+
+    standard, load_with = architecture_check({"arch": "resnet50", "small_input": False, "width": 0.5}, fmt)
+    assert standard is False and expected in load_with
+
+
+def test_a_vit_at_another_resolution_is_not_timms_standard():
+    from densessl.export import architecture_check
+
+    assert architecture_check({**VIT_S, "num_heads": None}, "timm") == (True, None)
+    standard, load_with = architecture_check({**VIT_S, "img_size": 96, "num_heads": None}, "timm")
+    assert not standard and "VisionTransformer(img_size=96, patch_size=16, embed_dim=384" in load_with
+    # MGC's ViT-S has 8 heads: same weights as timm's 6-head model, another network
+    assert architecture_check(VIT_S, "timm")[0] is False and architecture_check(VIT_S, "vit")[0] is True

@@ -7,11 +7,18 @@
   encoder) so densessl can rebuild the network later.
 - :func:`load_backbone` gives a ready backbone from ``random``, any such checkpoint or export.
 - :func:`inspect_checkpoint` says what a checkpoint holds.
+
+A backbone that is not the target's standard network (the quick recipes' small-input stem or a
+width other than 1, a ViT at another resolution) exports with the target's names, but the
+target's own model (``torchvision.models.resnet18()``, detectron2's R-18...) cannot load it:
+:func:`architecture_check` says so, with the construction that does, and the export warns and
+records ``"standard_architecture": false`` and ``"load_with"`` in its JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,7 @@ from densessl.training.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = [
     "FORMATS",
+    "architecture_check",
     "export",
     "export_backbone",
     "inspect_checkpoint",
@@ -34,6 +42,73 @@ __all__ = [
     "read_checkpoint",
     "torchvision_reference",
 ]
+
+
+log = logging.getLogger(__name__)
+
+#: (patch size, image size) of timm's named ViTs (``vit_small_patch16_224`` ...)
+TIMM_VIT_SIZES = {(16, 224), (8, 224), (32, 224), (16, 384), (32, 384), (14, 518)}
+#: ResNet depths built from basic blocks (detectron2 fixes their res2 width at 64)
+BASIC_BLOCK_ARCHS = ("resnet18", "resnet34")
+
+
+def architecture_check(model: dict[str, Any], fmt: str) -> tuple[bool, str | None]:
+    """Whether ``model`` is the standard network of format ``fmt`` and, when it is not, the
+    construction that loads the exported file: ``(standard, load_with)``."""
+    if family(model) == "vit":
+        from densessl.models.vit import VIT_ARCHITECTURES
+
+        width, depth, heads = VIT_ARCHITECTURES[model["arch"]]
+        patch, size = int(model.get("patch_size", 16)), int(model.get("img_size", 224))
+        num_heads = model.get("num_heads") or heads
+        heads_differ = fmt != "vit" and num_heads != heads  # MGC's mm configs state their heads
+        if (patch, size) in TIMM_VIT_SIZES and not heads_differ:
+            return True, None
+        return False, (
+            f"timm.models.vision_transformer.VisionTransformer(img_size={size}, patch_size={patch}, "
+            f"embed_dim={width}, depth={depth}, num_heads={num_heads}, num_classes=0)"
+        )
+    arch, width = model["arch"], float(model.get("width", 1.0))
+    small = bool(model.get("small_input", False))
+    if not small and width == 1.0:
+        return True, None
+    args = (
+        [repr(arch)] + (["small_input=True"] if small else []) + ([f"width={width:g}"] if width != 1 else [])
+    )
+    densessl = f"densessl.models.backbones.ResNetBackbone({', '.join(args)})"
+    stem = max(1, round(64 * width))
+    if fmt == "torchvision" and width == 1.0:
+        return False, (
+            f"torchvision.models.{arch}() with model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), "
+            f"model.maxpool = torch.nn.Identity(), model.fc = torch.nn.Identity(); or {densessl}"
+        )
+    if fmt in ("mmdet", "mmseg") and not small:
+        return (
+            False,
+            f"dict(type='ResNet', depth={arch.removeprefix('resnet')}, "
+            f"stem_channels={stem}, base_channels={stem})",
+        )
+    if fmt == "detectron2":
+        if small or arch in BASIC_BLOCK_ARCHS:
+            why = (
+                "its stem is 7x7 stride 2 with max-pool"
+                if small
+                else f"its {arch.removeprefix('resnet')}-layer ResNet keeps 64 channels in res2"
+            )
+            return False, (
+                f"no detectron2 ResNet config builds it ({why}); export --to torchvision and load "
+                f"that file into {densessl}"
+            )
+        return False, (
+            f"MODEL.RESNETS.DEPTH {arch.removeprefix('resnet')} MODEL.RESNETS.STEM_OUT_CHANNELS {stem} "
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS {4 * stem} MODEL.RESNETS.WIDTH_PER_GROUP {stem}"
+        )
+    if fmt in ("mmdet", "mmseg"):
+        return (
+            False,
+            f"{densessl} (mmcv's ResNet has no stride-1 stem without max-pool), with the file's state_dict",
+        )
+    return False, densessl
 
 
 def method_from_checkpoint(path: str | Path, ckpt: dict[str, Any] | None = None) -> tuple[Method, Any]:
@@ -100,6 +175,18 @@ def export(
         "num_tensors": len(converted),
         "source": str(checkpoint),
     }
+    standard, load_with = architecture_check(contents.model, fmt)
+    info["standard_architecture"] = standard
+    if not standard:
+        info["load_with"] = load_with
+        log.warning(
+            "%s is a %s, not %s's standard %s: the usual loading code will not fit it; load it with %s",
+            out,
+            describe(contents.model),
+            fmt,
+            contents.model["arch"],
+            load_with,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     FORMATS[fmt].save(converted, tmp, info)
