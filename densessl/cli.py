@@ -2,7 +2,11 @@
 
 Every failure a user can cause (a missing file, a bad config key, an unreadable dataset) ends
 with one line on stderr and a non-zero exit status, not a traceback. Evaluation commands end by
-printing one JSON line with their figures.
+printing one JSON line with their figures; ``pretrain`` ends with a few human lines on stderr
+(steps, time, final loss, checkpoint, what to run next) and its JSON line on stdout.
+
+``key.sub=value`` overrides may stand anywhere on the line, ``-v`` / ``-q`` before or after any
+sub-command, and ``--help`` shows every default.
 """
 
 from __future__ import annotations
@@ -12,15 +16,83 @@ import contextlib
 import io
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from densessl.config import ConfigError, load_config
+from densessl import __version__
+from densessl.config import ConfigError, config_yaml, did_you_mean, load_config
 from densessl.data.base import DataError
+from densessl.recipes import quick_methods
 from densessl.training.checkpoint import CheckpointError
+
+log = logging.getLogger("densessl.cli")
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 FORMAT_NAMES = ("torchvision", "timm", "safetensors", "detectron2", "mmdet", "mmseg", "vit")
+#: third-party loggers whose debug lines drown densessl's under -v (PIL logs every PNG chunk)
+NOISY_LOGGERS = ("PIL", "matplotlib", "urllib3", "fsspec", "filelock", "h5py", "asyncio", "git")
+#: pre-training methods with size-aware defaults (``pretrain --method M --data D`` without a recipe)
+AUTO_METHODS = ("densecl", "mocov2", "slotcon")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is nothing to show (None, a flag)."""
+
+    @staticmethod
+    def shows_default(action: argparse.Action) -> bool:
+        """Whether ``action``'s default says something (not None, not an unset flag)."""
+        default = action.default
+        return not (
+            default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or not self.shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with defaults in ``--help`` and "did you mean" for a misspelt choice or sub-command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            names = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(
+                action,
+                f"invalid choice: {value!r}{did_you_mean(value, names)} (choose from {', '.join(names)})",
+            )
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a sub-command's unset flag must not reset one given before the sub-command
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines of densessl"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="warnings and errors only"
+    )
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found.extend(_all_parsers(sub))
+    return found
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -30,22 +102,52 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="densessl", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="densessl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="pre-train a backbone from a YAML recipe")
-    p.add_argument("config", help="YAML recipe, e.g. configs/densecl/coco_r50_800ep.yaml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=100")
-    p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
-    p.add_argument("--resume", default=None, help="'auto' (the run directory's last checkpoint) or a path")
-
-    p = sub.add_parser("demo", help="pre-train on the synthetic scenes, then probe against random init")
-    p.add_argument("--method", default="densecl")
-    p.add_argument(
-        "--out", default=None, help="run directory (default runs/demo, runs/demo-<method> for others)"
+    p = sub.add_parser(
+        "pretrain", help="pre-train a backbone from a recipe (a shipped recipe's name or a YAML)"
     )
-    p.add_argument("overrides", nargs="*", help="overrides of the quick recipe")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML file or shipped recipe name, e.g. densecl/coco_r50_800ep (`densessl recipes` lists "
+        "them); leave out with --method and --data for size-aware defaults",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides anywhere on the line, e.g. train.epochs=100"
+    )
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p.add_argument(
+        "--resume", default=None, help="'auto' (the run directory's newest checkpoint) or a checkpoint path"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over in a run directory that already holds a run"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=AUTO_METHODS,
+        help="without a recipe: pick one for --data from the dataset size and this machine",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image source (folder:DIR, coco:ROOT, ...); with a recipe: its data.source",
+    )
+
+    sub.add_parser("recipes", help="list the shipped recipes (name, method, backbone, epochs, batch)")
+
+    methods = quick_methods()
+    p = sub.add_parser("demo", help="pre-train on the synthetic scenes, then probe against random init")
+    p.add_argument("--method", default="densecl", choices=methods, help="the quick recipe to run")
+    p.add_argument(
+        "--out", default=None, help="run directory (default: runs/demo, runs/demo-<method> for others)"
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the quick recipe")
 
     p = sub.add_parser("export", help="convert a checkpoint's backbone for a downstream framework")
     p.add_argument("checkpoint", help="densessl checkpoint, or a MoCo / DenseCL / SlotCon / MGC one")
@@ -78,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "runs", nargs="+", help="run directories (with eval.jsonl from --save, or a demo's summary.json)"
     )
-    r.add_argument("--out", default="report", help="writes OUT.md and OUT.png")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="writes OUT.md and OUT.png (default: report.md and report.png in the first run directory)",
+    )
     r.set_defaults(func=cmd_report)
 
     p = sub.add_parser("viz", help="pictures of what a model learned")
@@ -121,26 +227,209 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default=None)
     d.add_argument("--sequences", type=int, default=8)
     d.add_argument("--frames", type=int, default=12)
+
+    for each in _all_parsers(parser):
+        _add_verbosity(each)
+        # the eval protocols' parsers are built by their modules: give them the same help layout
+        each.formatter_class = HelpFormatter
+        for action in each._actions:
+            # argparse formats no help line for an option without help: give its default one
+            if action.help is None and action.option_strings and HelpFormatter.shows_default(action):
+                action.help = "(default: %(default)s)"
     return parser
 
 
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _configure_threads(workers: int) -> None:
+    from densessl.runtime import configure_cpu_threads
+
+    configure_cpu_threads(workers)
+
+
+def _detect_machine() -> tuple[str, int, int]:
+    """(device kind, memory in bytes of one device, CPU cores) for the size-aware defaults."""
+    import torch
+
+    from densessl.runtime import available_cores
+
+    cores = available_cores()
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_properties(0).total_memory, cores
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * 1024**3
+    return "cpu", memory, cores
+
+
+def _data_source(spec: str) -> str:
+    """``--data``: an image source spec, or a bare folder (read as ``folder:DIR``)."""
+    if ":" not in spec and Path(spec).is_dir():
+        return f"folder:{spec}"
+    return spec
+
+
+def _auto_config(args: argparse.Namespace):
+    """Size-aware defaults for ``--method M --data D`` without a recipe: (config, recipe text)."""
+    from densessl.autorecipe import build_config, choose_recipe, recipe_text
+    from densessl.data.sources import parse_source
+
+    source = _data_source(args.data)
+    n_images = len(parse_source(source))
+    kind, memory, cores = _detect_machine()
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    choice = choose_recipe(args.method, n_images, kind, memory * world, cores)
+    config = build_config(choice, source, args.overrides)
+    if not args.print_config:
+        where = f"{kind}, {memory / 1024**3:.0f} GiB, {cores} cores"
+        log.info("no recipe given: choosing one for %d images in %s (%s)", n_images, source, where)
+        for reason in choice.reasons:
+            log.info("  %s", reason)
+    return config, recipe_text(config, choice, n_images)
+
+
+def _resolve_pretrain(args: argparse.Namespace):
+    """The config of a ``pretrain`` line, its default run directory and (size-aware) recipe text."""
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        # argparse gives the first override the recipe's slot when no recipe is named
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+    if args.config is None:
+        if not (args.method and args.data):
+            raise ConfigError(
+                "pretrain needs a recipe (a YAML file or a name from `densessl recipes`), "
+                "or --method and --data for size-aware defaults"
+            )
+        config, text = _auto_config(args)
+        name = Path(args.data.partition(":")[2] or args.data).name or "data"
+        return config, Path("runs") / f"{args.method}-{name}", text
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.source={json.dumps(_data_source(args.data))}")
+    config = load_config(args.config, overrides)
+    if args.method and args.method != config.method.name:
+        raise ConfigError(
+            f"--method {args.method} contradicts the recipe's method {config.method.name}; "
+            "give a recipe or --method, not both"
+        )
+    return config, Path("runs") / Path(args.config).name.removesuffix(".yaml"), None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _pretrain_command(args: argparse.Namespace, out: Path, recipe: Path | None) -> str:
+    """The ``densessl pretrain`` line that continues this run."""
+    config = str(recipe) if recipe is not None else args.config
+    # a step cap would stop the continued run at once
+    overrides = [o for o in args.overrides if not o.startswith("train.max_steps=")] if recipe is None else []
+    words = ["densessl", "pretrain", config, "--out", str(out), "--resume", "auto", *overrides]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def pretrain_summary_lines(summary: dict[str, Any], resume_command: str) -> list[str]:
+    """What a person reads at the end of a run: steps, time, final loss, checkpoint, next commands."""
+    step, total = summary["step"], summary["total_steps"]
+    metrics = summary.get("last_metrics") or {}
+    loss = f", final loss {metrics['loss']:.4f} (step {metrics['step']})" if "loss" in metrics else ""
+    state = "stopped" if summary.get("interrupted") or step < total else "finished"
+    lines = [f"pre-training {state}: {step}/{total} steps in {_duration(summary['seconds'])}{loss}"]
+    checkpoint = summary.get("checkpoint")
+    if checkpoint:
+        lines.append(f"  checkpoint: {checkpoint}")
+    if step < total:
+        lines.append(f"  continue: {resume_command}")
+    if checkpoint:
+        backbone = shlex.quote(str(Path(checkpoint).parent.parent / "backbone.pth"))
+        lines.append(f"  export the backbone: densessl export {shlex.quote(checkpoint)} --out {backbone}")
+        lines.append(f"  evaluate it: densessl eval seg-probe --weights {backbone} --data voc:VOC2012_ROOT")
+    return lines
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from densessl import distributed as dist
     from densessl.training.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summary = Trainer(config, out, resume=args.resume).fit()
-    if dist.is_main_process():
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts over: give one of them")
+    config, default_out, recipe = _resolve_pretrain(args)
+    if args.print_config:
+        print(recipe if recipe is not None else config_yaml(config), end="")
+        return 0
+    out = Path(args.out) if args.out else default_out
+    recipe_file = None
+    if recipe is not None:
+        recipe_file = out / "recipe.yaml"
+        # an existing run keeps the recipe it was started with (the trainer refuses or resumes it)
+        if _is_main_process() and (args.overwrite or not (out / "checkpoints").is_dir()):
+            out.mkdir(parents=True, exist_ok=True)
+            recipe_file.write_text(recipe)
+            log.info("recipe written to %s", recipe_file)
+    if args.quiet_level > 0:
+        config.train.progress = False
+    _configure_threads(config.data.workers)
+    trainer = Trainer(config, out, resume=args.resume, overwrite=args.overwrite)
+    resume_command = _pretrain_command(args, out, recipe_file)
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        if _is_main_process():
+            print(f"densessl: continue with: {resume_command}", file=sys.stderr)
+        raise
+    if _is_main_process():
+        if args.quiet_level <= 0:
+            for line in pretrain_summary_lines(summary, resume_command):
+                print(f"densessl: {line}", file=sys.stderr)
         print(json.dumps({"run_dir": str(out), **summary}))
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from densessl.demo import format_table, run_demo
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from densessl.export import describe
+    from densessl.recipes import recipe_names
 
+    rows = [("recipe", "method", "backbone", "epochs", "batch")]
+    for name in recipe_names():
+        config = load_config(name)
+        model = {
+            "arch": config.model.arch,
+            "small_input": config.model.small_input,
+            "width": config.model.width,
+        }
+        rows.append(
+            (
+                name,
+                config.method.name,
+                describe(model),
+                str(config.train.epochs),
+                str(config.train.batch_size),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from densessl.demo import format_table, quick_config_path, run_demo
+
+    config = load_config(quick_config_path(args.method), args.overrides)
+    _configure_threads(config.data.workers)
+    overrides = [*args.overrides, "train.progress=false"] if args.quiet_level > 0 else args.overrides
     out = args.out or ("runs/demo" if args.method == "densecl" else f"runs/demo-{args.method}")
-    summary = run_demo(out, method=args.method, overrides=args.overrides)
+    summary = run_demo(out, method=args.method, overrides=overrides)
     print(format_table(summary))
     print(f"summary written to {Path(out) / 'summary.json'}")
     print(
@@ -184,6 +473,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.protocol != "report":
+        _configure_threads(0)
     if args.protocol == "report" or not args.save:
         return args.func(args)
     buffer = io.StringIO()
@@ -205,7 +496,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     table = collect(args.runs)
     text = markdown_table(table)
-    out = Path(args.out)
+    # never into the current folder unasked: beside the results it summarises
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.md").write_text(text + "\n")
     chart = bar_chart(table, f"{out}.png")
@@ -226,6 +518,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     size, resize = default_sizes(config, args.size, args.resize)
     data = load_images(prototype_source(args.data, args.limit), size, resize, args.limit)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _configure_threads(0)
     summary = visualise_prototypes(
         method, data, args.out, args.topk, args.sampling, args.seed, args.tile, args.batch_size, device
     )
@@ -261,6 +554,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "pretrain": cmd_pretrain,
+    "recipes": cmd_recipes,
     "demo": cmd_demo,
     "export": cmd_export,
     "inspect": cmd_inspect,
@@ -270,11 +564,38 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+def configure_logging(verbosity: int) -> None:
+    """Root level from -v / -q (INFO by default); third-party loggers stay at WARNING whatever it is."""
+    level = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}.get(
+        max(-2, min(1, verbosity)), logging.ERROR
     )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # basicConfig does nothing when a handler exists
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; ``key=value`` words after options are overrides where the command
+    takes them."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        is_override = [("=" in e and not e.startswith("-")) for e in extras]
+        if hasattr(args, "overrides") and all(is_override):
+            args.overrides = [*(args.overrides or []), *extras]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    args.quiet_level = getattr(args, "quiet", 0) - getattr(args, "verbose", 0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
+        return exc.code if isinstance(exc.code, int) else 2
+    configure_logging(-args.quiet_level)
     from densessl.training.trainer import TrainingError
 
     try:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from densessl.cli import main
-from densessl.demo import format_table, run_demo
+from densessl.config import ConfigError, ModelConfig
+from densessl.data.synthetic import SyntheticScenes, resolve_config
+from densessl.demo import format_table, probe_on_scenes, quick_config_path, run_demo
+from densessl.eval.segmentation import run_linear_probe
+from densessl.export import load_backbone
+from densessl.recipes import recipe_dir
 
 TINY = [
     "data.synthetic_length=32",
@@ -44,4 +50,42 @@ def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
 def test_demo_of_a_method_without_a_quick_recipe_is_one_line(capsys):
     assert main(["demo", "--method", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "no quick recipe for 'nope'" in err and "densecl" in err
+    assert "invalid choice: 'nope' (choose from densecl, mocov2, slotcon)" in err
+    assert main(["demo", "--method", "slotcn"]) == 2
+    assert "did you mean 'slotcon'?" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no quick recipe for 'densecll' \\(did you mean 'densecl'\\?\\)"):
+        quick_config_path("densecll")
+
+
+def test_the_quick_recipes_come_from_the_package():
+    assert quick_config_path("slotcon") == recipe_dir() / "quick" / "slotcon_synthetic.yaml"
+
+
+def test_the_probe_logs_each_seed_and_scores_as_the_library_probe_does(caplog):
+    scenes = resolve_config("easy")
+    torch.manual_seed(0)
+    backbone = load_backbone("random", ModelConfig(arch="resnet18", small_input=True, width=0.125))
+    with caplog.at_level("INFO", logger="densessl.demo"):
+        row = probe_on_scenes(backbone, scenes, 8, 4, (0, 1), 1, "cpu", name="random init")
+    lines = [r.getMessage() for r in caplog.records if r.name == "densessl.demo"]
+    assert lines[0] == "probing random init: features of 8 + 4 held-out scenes"
+    assert lines[1].startswith("probing random init: seed 0 (1/2): mIoU ")
+    assert lines[2].startswith("probing random init: seed 1 (2/2): mIoU ")
+    assert lines[3].startswith("probing random init: done in ")
+    reference = run_linear_probe(
+        backbone,
+        SyntheticScenes(scenes, "val", 8),
+        SyntheticScenes(scenes, "test", 4),
+        scenes.num_classes + 1,
+        image_size=scenes.image_size,
+        seeds=(0, 1),
+        epochs=1,
+        lr=0.1,
+        batch_size=64,
+        train_resolution=scenes.image_size // 2,
+        device="cpu",
+    )
+    assert row["miou_per_seed"] == pytest.approx([100 * m for m in reference["miou_per_seed"]])
+    assert row["miou"] == pytest.approx(100 * reference["miou"])
+    assert row["miou_std"] == pytest.approx(100 * reference["miou_std"])
+    assert row["pixel_acc"] == pytest.approx(100 * reference["pixel_acc"])
