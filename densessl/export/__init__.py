@@ -96,8 +96,8 @@ def architecture_check(model: dict[str, Any], fmt: str) -> tuple[bool, str | Non
                 else f"its {arch.removeprefix('resnet')}-layer ResNet keeps 64 channels in res2"
             )
             return False, (
-                f"no detectron2 ResNet config builds it ({why}); export --to torchvision and load "
-                f"that file into {densessl}"
+                f"export --to torchvision and load that file into {densessl} "
+                f"(no detectron2 ResNet config builds it: {why})"
             )
         return False, (
             f"MODEL.RESNETS.DEPTH {arch.removeprefix('resnet')} MODEL.RESNETS.STEM_OUT_CHANNELS {stem} "
@@ -180,7 +180,7 @@ def export(
     if not standard:
         info["load_with"] = load_with
         log.warning(
-            "%s is a %s, not %s's standard %s: the usual loading code will not fit it; load it with %s",
+            "%s is a %s, not %s's standard %s, so the usual loading code will not fit it; to load it: %s",
             out,
             describe(contents.model),
             fmt,
