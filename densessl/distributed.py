@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,16 +30,23 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_from_environment() -> torch.device:
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(timeout_s: float | None = None) -> torch.device:
     """Join the process group described by torchrun's environment, if any, and pick a device.
 
     NCCL is used when CUDA is available, gloo otherwise. Without ``WORLD_SIZE`` > 1 nothing is
-    initialised and the process runs alone.
+    initialised and the process runs alone. ``timeout_s`` bounds every collective: a process that
+    stops answering (hung, SIGSTOP, lost node) ends the job with an error after that long instead
+    of stalling its peers for ever.
     """
     use_cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if launched_by_torchrun() and not is_distributed():
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kwargs)
     if use_cuda:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -60,14 +68,29 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on at least one (a collective: all must call)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 @torch.no_grad()
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of ``tensor`` over processes (a copy; the input is left unchanged)."""
     if not is_distributed():
         return tensor.clone()
-    out = tensor.clone()
+    # NCCL reduces device tensors only
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    )
+    out = tensor.to(device, copy=True)
     dist.all_reduce(out)
-    return out.div_(world_size())
+    return out.div_(world_size()).to(tensor.device)
 
 
 @torch.no_grad()

@@ -2,21 +2,31 @@
 
 The trainer knows methods only through :mod:`densessl.methods.base`: it builds the configured
 one, feeds it :class:`Views`, minimises the ``loss`` it returns and logs every other scalar.
+
+What a run promises:
+
+- A stop request (SIGTERM from a scheduler or from torchrun, Ctrl-C) is honoured between two
+  steps, never inside one: the step in flight finishes (teacher update, queue push, optimiser
+  step), every process agrees on the same last step, the checkpoint is written under that step's
+  number and the run exits. Signals that arrive while stopping only say that it is stopping.
+- The run history matches the checkpoint: on resume, ``metrics.jsonl`` and TensorBoard drop
+  everything logged after the checkpoint's step, so no step appears twice.
+- A run directory that already holds a run is continued only with ``--resume``, replaced only
+  with ``--overwrite``; a resume whose config differs in anything that changes the mathematics
+  stops with one line naming the keys.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import shutil
-import signal
 import sys
 import time
-import warnings
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +39,53 @@ from torch.utils.data import DataLoader
 from densessl import distributed as dist
 from densessl.augment import apply_photometric, normalize
 from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
+from densessl.data.base import DataError
 from densessl.data.sources import parse_source
 from densessl.methods import Method, Step, Views, build_method
 from densessl.models.backbones import backbone_from_config
 from densessl.training.checkpoint import (
     FORMAT,
     LAST,
+    CheckpointError,
+    checkpoint_candidates,
+    copy_atomic,
+    describe_os_error,
     find_resume_checkpoint,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     rng_state,
     save_atomic,
+    state_digest,
 )
+from densessl.training.history import MetricsWriter, open_run_log
+from densessl.training.interrupt import StopRequest, quiet_worker
 from densessl.training.optim import build_optimizer, clip_gradients, lr_at
 from densessl.views.dataset import EpochBatchSampler, MultiViewDataset, collate_views, derive_seed
 from densessl.views.sampler import ViewSampler
 
 log = logging.getLogger(__name__)
+
+#: ``resume`` value that continues a run when it has a checkpoint and starts one otherwise
+RESUME_OR_NEW = "auto-or-new"
+#: config keys a resumed run may change: they affect bookkeeping, not the mathematics
+RESUMABLE_CHANGES = (
+    "train.max_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_every_steps",
+    "train.tensorboard",
+    "train.progress",
+    "train.precision",
+    "train.collective_timeout_s",
+    "data.source",
+    "data.workers",
+    "data.corrupt",
+    "data.max_skipped_fraction",
+)
+#: what a run writes into its directory (``--overwrite`` removes exactly these)
+RUN_FILES = ("metrics.jsonl", "config.yaml", "run.log", "eval.jsonl")
+RUN_FOLDERS = ("checkpoints", "tensorboard")
 
 
 class TrainingError(RuntimeError):
@@ -91,92 +131,138 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MetricsWriter:
-    """JSON lines in ``metrics.jsonl`` (always) and TensorBoard scalars (optional)."""
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list):
+        out = {f"{prefix}.#": len(data)}
+        for i, value in enumerate(data):
+            out.update(_flatten(value, f"{prefix}.{i}"))
+        return out
+    return {prefix: data}
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
-        self.file = (run_dir / "metrics.jsonl").open("a")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key (checkpoint A, now B)`` for every key whose change makes a resume inexact."""
+    old, new = _flatten(saved), _flatten(current)
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUMABLE_CHANGES) or old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        name = key.replace(".#", " (number of items)")
+        differences.append(f"{name} (checkpoint {old.get(key, '<unset>')}, now {new.get(key, '<unset>')})")
+    return differences
 
-    def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch"):
-                    self.tb.add_scalar(f"train/{key}", value, record["step"])
 
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+def worker_error_message(exc: BaseException) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback."""
+    text = str(exc).strip()
+    if not text.startswith("Caught "):
+        return text
+    last = text.splitlines()[-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+@dataclass
+class _Run:
+    """Everything one ``fit`` builds, shared by its phases."""
+
+    method: Method
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    dataset: MultiViewDataset
+    autocast_dtype: torch.dtype | None
+    per_process: int
+    step: int = 0
+    resumed_from: Path | None = None
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    end_step: int = 0
+    window: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    last_record: dict[str, Any] = field(default_factory=dict)
+    skipped_total: int = 0
 
 
 class Trainer:
-    """Runs one pre-training job described by an :class:`ExperimentConfig` into ``run_dir``."""
+    """Runs one pre-training job described by an :class:`ExperimentConfig` into ``run_dir``.
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, resume: str | None = None) -> None:
+    ``resume``: None (a new run; the directory must not hold one unless ``overwrite``), ``"auto"``
+    (the newest intact checkpoint of ``run_dir``, which must exist), ``"auto-or-new"`` (that
+    checkpoint if there is one, else a new run), or a checkpoint path.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path,
+        resume: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.device = dist.init_from_environment()
+        self.overwrite = overwrite
+        self.device = dist.init_from_environment(config.train.collective_timeout_s)
         self.is_main = dist.is_main_process()
         self._saved_step: int | None = None
 
-    # ------------------------------------------------------------------------------------------
-    def _resume_path(self) -> Path | None:
-        if self.resume is None:
-            return None
-        if self.resume == "auto":
-            return find_resume_checkpoint(self.run_dir)
-        path = Path(self.resume)
-        if not path.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {path}")
-        return path
+    # -- set-up ---------------------------------------------------------------------------------
+    def _existing_run(self) -> str | None:
+        """What makes ``run_dir`` an existing run, or None."""
+        if checkpoint_candidates(self.run_dir):
+            return "checkpoints"
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file() and metrics.stat().st_size:
+            return "a training history (metrics.jsonl) but no checkpoint"
+        return None
 
-    def _checkpoint(
-        self, method: Method, optimizer, scaler, step: int, steps_per_epoch: int, name: str
-    ) -> Path:
-        state = {
-            "format": FORMAT,
-            "method": self.config.method.name,
-            "config": to_dict(self.config),
-            "model": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "rng": rng_state(),
-        }
-        ckpt_dir = self.run_dir / "checkpoints"
-        last = save_atomic(state, ckpt_dir / LAST)
-        self._saved_step = step
-        if name == LAST:
-            return last
-        # serialise once; the epoch file is a copy, written atomically like the original
-        tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(last, tmp)
-        os.replace(tmp, ckpt_dir / name)
-        return ckpt_dir / name
+    def _prepare_run_dir(self) -> None:
+        existing = self._existing_run()
+        if self.resume is None and existing and not self.overwrite:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run ({existing}); continue it with --resume auto, "
+                "start over with --overwrite, or choose another --out"
+            )
+        if self.resume == "auto" and existing != "checkpoints":
+            raise TrainingError(
+                f"--resume auto: no checkpoint in {self.run_dir / 'checkpoints'}; "
+                "run without --resume to start a new run there"
+            )
+        if not self.is_main:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TrainingError(
+                f"cannot write into the run directory: {describe_os_error(exc, self.run_dir / 'x')}"
+            ) from exc
+        start_over = self.overwrite or (self.resume == RESUME_OR_NEW and existing != "checkpoints")
+        if start_over and existing:
+            log.warning("starting over in %s: removing the previous run's files", self.run_dir)
+            for name in RUN_FILES:
+                (self.run_dir / name).unlink(missing_ok=True)
+            for name in RUN_FOLDERS:
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+        for stale in remove_stale_temporaries(self.run_dir / "checkpoints"):
+            log.info("removed %s, left by an interrupted save", stale.name)
 
-    # ------------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def _set_up(self) -> _Run:
         cfg = self.config
         world = dist.world_size()
         if cfg.train.batch_size % world:
             raise TrainingError(
                 f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes"
             )
-        per_process = cfg.train.batch_size // world
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
+        self._prepare_run_dir()
+        dist.barrier()
         seed_everything(cfg.train.seed)
         source = parse_source(cfg.data.source, length=cfg.data.synthetic_length)
         dataset = MultiViewDataset(
@@ -191,184 +277,335 @@ class Trainer:
         optimizer = build_optimizer(method, cfg.optim)
         autocast_dtype = resolve_precision(cfg.train.precision, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None
+        model: nn.Module = method
+        if world > 1:
+            # queues and centres are identical on every process by construction; broadcasting
+            # them each step would only cost bandwidth
+            model = DistributedDataParallel(
+                method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        return _Run(method, model, optimizer, scaler, dataset, autocast_dtype, cfg.train.batch_size // world)
 
-        start_step = 0
-        resume_path = self._resume_path()
-        if resume_path is not None:
-            ckpt = load_checkpoint(resume_path, map_location=self.device)
-            if ckpt["method"] != cfg.method.name:
-                raise TrainingError(f"{resume_path} holds a {ckpt['method']} run, not {cfg.method.name}")
-            method.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            restore_rng_state(ckpt["rng"])
-            start_step = int(ckpt["step"])
-            if self.is_main:
-                log.info("resuming from %s at step %d", resume_path, start_step)
+    # -- resume ---------------------------------------------------------------------------------
+    def _load_resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        if self.resume is None:
+            return None
+        if self.resume in ("auto", RESUME_OR_NEW):
+            return find_resume_checkpoint(self.run_dir, map_location=self.device)
+        path = Path(self.resume)
+        if not path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {path}")
+        return path, load_checkpoint(path, map_location=self.device)
 
+    def _resume(self, run: _Run) -> None:
+        found = self._load_resume_checkpoint()
+        if found is None:
+            return
+        path, ckpt = found
+        cfg = self.config
+        if ckpt["method"] != cfg.method.name:
+            raise TrainingError(f"{path} holds a {ckpt['method']} run, not {cfg.method.name}")
+        differences = config_differences(ckpt["config"], to_dict(cfg))
+        if differences:
+            raise TrainingError(
+                f"cannot resume from {path}: the config differs in {'; '.join(differences)}. "
+                "Resume with the checkpoint's values, or start a new run in another directory"
+            )
+        saved_size = ckpt.get("dataset_size")
+        if saved_size is not None and saved_size != len(run.dataset):
+            raise TrainingError(
+                f"cannot resume from {path}: it was trained on {saved_size} images, {cfg.data.source} "
+                f"has {len(run.dataset)} (epochs and the schedule would not line up)"
+            )
+        try:
+            run.method.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{path} does not fit the configured model: {str(exc).splitlines()[0]}"
+            ) from exc
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_state(ckpt["rng"])
+        run.step = int(ckpt["step"])
+        run.resumed_from = path
+        self._saved_step = run.step
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loader(self, run: _Run) -> DataLoader:
+        cfg = self.config
         batches = EpochBatchSampler(
-            len(dataset), per_process, world, dist.rank(), cfg.train.seed, cfg.train.epochs, start_step
+            len(run.dataset),
+            run.per_process,
+            dist.world_size(),
+            dist.rank(),
+            cfg.train.seed,
+            cfg.train.epochs,
+            run.step,
         )
-        steps_per_epoch = batches.steps_per_epoch
-        total_steps = steps_per_epoch * cfg.train.epochs
-        end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-        loader = DataLoader(
-            dataset,
+        run.steps_per_epoch = batches.steps_per_epoch
+        run.total_steps = batches.steps_per_epoch * cfg.train.epochs
+        max_steps = cfg.train.max_steps
+        run.end_step = min(run.total_steps, max_steps) if max_steps else run.total_steps
+        return DataLoader(
+            run.dataset,
             batch_sampler=batches,
             collate_fn=collate_views,
             num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if cfg.data.workers > 0 else None,
+            worker_init_fn=quiet_worker if cfg.data.workers > 0 else None,
         )
-        model: nn.Module = method
-        if world > 1:
-            # queues and centres are identical on every process by construction; broadcasting
-            # them each step would only cost bandwidth (newer torch names this differently)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model = DistributedDataParallel(
-                    method,
-                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    broadcast_buffers=False,
-                )
 
-        if self.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        writer = MetricsWriter(self.run_dir, cfg.train.tensorboard) if self.is_main else None
-        progress = None
-        if self.is_main and cfg.train.progress:
-            from tqdm import tqdm
+    def _banner(self, run: _Run) -> None:
+        cfg = self.config
+        m = cfg.model
+        arch = m.arch + (", small input" if m.small_input else "")
+        arch += f", width {m.width:g}" if m.width != 1 else ""
+        limit = f", stopping at step {run.end_step}" if run.end_step < run.total_steps else ""
+        where = f"resuming from {run.resumed_from} at step {run.step}" if run.resumed_from else "new run"
+        for line in (
+            f"pretrain {cfg.method.name} ({arch}) on {cfg.data.source}",
+            f"  images: {len(run.dataset)}, {len(cfg.views)} views, batch {cfg.train.batch_size} "
+            f"({run.per_process} per process x {dist.world_size()})",
+            f"  steps: {run.steps_per_epoch} per epoch x {cfg.train.epochs} epochs = "
+            f"{run.total_steps}{limit}",
+            f"  device: {self.device}, precision {run.autocast_dtype or 'fp32'}, "
+            f"{torch.get_num_threads()} CPU threads per process",
+            f"  run directory: {self.run_dir} ({where})",
+        ):
+            log.info(line.replace("torch.", ""))
 
-            progress = tqdm(
-                total=end_step,
-                initial=start_step,
-                desc=f"{cfg.method.name} pretrain",
-                unit="step",
-                dynamic_ncols=True,
-                # a log file (CI, a batch job) gets a line every 30 s instead of every 0.1 s
-                mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    def _train_step(self, run: _Run, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimisation step (its outputs and lr); ``run.step`` counts it once it is complete."""
+        cfg = self.config
+        step = run.step
+        lr = lr_at(cfg.optim, step, run.steps_per_epoch, cfg.train.epochs)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        shared = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step))
+        local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
+        views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
+        context = Step(
+            step=step, total_steps=run.total_steps, epoch=step // run.steps_per_epoch, generator=shared
+        )
+        amp = (
+            torch.autocast(self.device.type, dtype=run.autocast_dtype)
+            if run.autocast_dtype
+            else nullcontext()
+        )
+        with amp:
+            outputs = run.model(views, context)
+        loss = outputs["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at step {step}; lower optim.lr or enable optim.clip_grad "
+                f"(the last good checkpoint is in {self.run_dir / 'checkpoints'})"
             )
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.optimizer)
+            clip_gradients(run.method, cfg.optim)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            loss.backward()
+            clip_gradients(run.method, cfg.optim)
+            run.optimizer.step()
+        run.step += 1
+        run.skipped_total += int(batch["skipped"])
+        return {k: v.detach() for k, v in outputs.items()}, lr
 
-        interrupted = False
+    def _log(
+        self, run: _Run, outputs: dict[str, torch.Tensor], lr: float, seconds: tuple[float, float], writer
+    ) -> None:
+        wait_time, busy_time = seconds
+        for key, value in outputs.items():
+            run.window[key].append(float(value))
+        if run.step % self.config.train.log_every and run.step != run.end_step:
+            return
+        means = {k: sum(v) / len(v) for k, v in run.window.items()}
+        names = sorted(means)
+        reduced = dist.all_reduce_mean(torch.tensor([means[k] for k in names], dtype=torch.float64))
+        elapsed = max(wait_time + busy_time, 1e-9)
+        run.last_record = {
+            "step": run.step,
+            "epoch": round(run.step / run.steps_per_epoch, 4),
+            **{k: float(v) for k, v in zip(names, reduced, strict=True)},
+            "lr": lr,
+            "images_per_s": len(run.window["loss"]) * self.config.train.batch_size / elapsed,
+            "data_wait_fraction": wait_time / elapsed,
+            "skipped_images": run.skipped_total,
+        }
+        run.window.clear()
+        if writer is not None:
+            writer.write(run.last_record)
 
-        def on_signal(signum, frame):  # SIGTERM from a scheduler: save, then stop like Ctrl-C
-            raise KeyboardInterrupt
+    def _checkpoint_due(self, run: _Run) -> str | None:
+        train = self.config.train
+        if run.step % run.steps_per_epoch == 0:
+            epoch = run.step // run.steps_per_epoch
+            if epoch % train.checkpoint_every == 0 or run.step == run.total_steps:
+                return f"epoch_{epoch:04d}.pt"
+        if train.checkpoint_every_steps and run.step % train.checkpoint_every_steps == 0:
+            return LAST
+        return None
 
-        previous_handler = signal.signal(signal.SIGTERM, on_signal) if self.is_main else None
-        step = start_step
-        window: dict[str, list[float]] = defaultdict(list)
-        wait_time = busy_time = 0.0
-        skipped_total = 0
-        last_record: dict[str, Any] = {}
-        started = time.perf_counter()
-        method.train()
+    def _fetch(self, iterator, run: _Run) -> dict[str, Any] | None:
         try:
+            return next(iterator)
+        except StopIteration:
+            return None
+        except DataError as exc:
+            # between two steps the state is whole: keep the work done so far
+            self._save(run, LAST)
+            raise DataError(worker_error_message(exc)) from None
+
+    def _collective_failure(self, exc: RuntimeError, run: _Run) -> TrainingError | None:
+        text = str(exc)
+        if dist.world_size() == 1 or not any(
+            word in text.lower() for word in ("timed out", "timeout", "connection closed", "connection reset")
+        ):
+            return None
+        return TrainingError(
+            f"process {dist.rank()}: another process stopped answering during step {run.step} "
+            f"(waited up to {self.config.train.collective_timeout_s:g} s, train.collective_timeout_s); "
+            f"the job stops. Resume from the last checkpoint with --resume auto"
+        )
+
+    def _loop(self, run: _Run, loader: DataLoader, writer, progress, stop: StopRequest) -> bool:
+        """Steps until the end, or until a stop request; True when stopped by a request."""
+        iterator = iter(loader)
+        wait = busy = 0.0
+        tick = time.perf_counter()
+        while run.step < run.end_step:
+            if dist.any_process(stop.requested):
+                return True
+            batch = self._fetch(iterator, run)
+            if batch is None:
+                break
+            fetched = time.perf_counter()
+            wait += fetched - tick
+            outputs, lr = self._train_step(run, batch)
             tick = time.perf_counter()
-            for batch in loader:
-                if step >= end_step:
-                    break
-                fetched = time.perf_counter()
-                wait_time += fetched - tick
-                epoch = step // steps_per_epoch
-                lr = lr_at(cfg.optim, step, steps_per_epoch, cfg.train.epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                shared = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step))
-                local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
-                views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
-                context = Step(step=step, total_steps=total_steps, epoch=epoch, generator=shared)
-                amp = (
-                    torch.autocast(self.device.type, dtype=autocast_dtype)
-                    if autocast_dtype is not None
-                    else nullcontext()
-                )
-                with amp:
-                    outputs = model(views, context)
-                loss = outputs["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step}; lower optim.lr or enable optim.clip_grad "
-                        f"(the last good checkpoint is in {self.run_dir / 'checkpoints'})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    clip_gradients(method, cfg.optim)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    clip_gradients(method, cfg.optim)
-                    optimizer.step()
-                step += 1
-                skipped_total += int(batch["skipped"])
-                for key, value in outputs.items():
-                    window[key].append(float(value.detach()))
-                tick = time.perf_counter()
-                busy_time += tick - fetched
-
-                if step % cfg.train.log_every == 0 or step == end_step:
-                    means = {k: sum(v) / len(v) for k, v in window.items()}
-                    names = sorted(means)
-                    reduced = dist.all_reduce_mean(
-                        torch.tensor([means[k] for k in names], dtype=torch.float64)
-                    )
-                    elapsed = wait_time + busy_time
-                    last_record = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        **{k: float(v) for k, v in zip(names, reduced, strict=True)},
-                        "lr": lr,
-                        "images_per_s": len(window["loss"]) * cfg.train.batch_size / max(elapsed, 1e-9),
-                        "data_wait_fraction": wait_time / max(elapsed, 1e-9),
-                        "skipped_images": skipped_total,
-                    }
-                    if writer is not None:
-                        writer.write(last_record)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{last_record['loss']:.4f}", lr=f"{lr:.3g}")
-                    window.clear()
-                    wait_time = busy_time = 0.0
+            busy += tick - fetched
+            self._log(run, outputs, lr, (wait, busy), writer)
+            if run.last_record.get("step") == run.step:
+                wait = busy = 0.0
                 if progress is not None:
-                    progress.update(1)
+                    progress.set_postfix(
+                        loss=f"{run.last_record['loss']:.4f}", lr=f"{run.last_record['lr']:.3g}"
+                    )
+            if progress is not None:
+                progress.update(1)
+            name = self._checkpoint_due(run)
+            if name is not None:
+                self._save(run, name)
+        return False
 
-                at_epoch_end = step % steps_per_epoch == 0
-                epoch_done = step // steps_per_epoch
+    # -- saving ---------------------------------------------------------------------------------
+    def _save(self, run: _Run, name: str) -> Path | None:
+        """Write ``last.pt`` (and the epoch file ``name``) on the main process."""
+        if not self.is_main:
+            return None
+        state = {
+            "format": FORMAT,
+            "method": self.config.method.name,
+            "config": to_dict(self.config),
+            "model": run.method.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "step": run.step,
+            "epoch": run.step / run.steps_per_epoch,
+            "dataset_size": len(run.dataset),
+            "rng": rng_state(),
+        }
+        state["checksum"] = state_digest(state)
+        ckpt_dir = self.run_dir / "checkpoints"
+        last = save_atomic(state, ckpt_dir / LAST)
+        self._saved_step = run.step
+        if name == LAST:
+            return last
+        # serialise once; the epoch file is a copy
+        return copy_atomic(last, ckpt_dir / name)
+
+    # -- the whole job --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or to ``train.max_steps``, or to a stop request); returns a summary."""
+        cfg = self.config
+        run = self._set_up()
+        self._resume(run)
+        loader = self._loader(run)
+        handler = writer = progress = None
+        if self.is_main:
+            try:
+                handler = open_run_log(self.run_dir)
+                save_config(cfg, self.run_dir / "config.yaml")
+                writer = MetricsWriter(
+                    self.run_dir, cfg.train.tensorboard, run.step if run.resumed_from else None
+                )
+            except OSError as exc:
+                raise TrainingError(
+                    f"cannot write into the run directory: {describe_os_error(exc, self.run_dir / 'x')}"
+                ) from exc
+            self._banner(run)
+            if cfg.train.progress:
+                from tqdm import tqdm
+
+                progress = tqdm(
+                    total=run.end_step,
+                    initial=run.step,
+                    desc=f"{cfg.method.name} pretrain",
+                    unit="step",
+                    dynamic_ncols=True,
+                    # a log file (CI, a batch job) gets a line every 30 s instead of every 0.1 s
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0,
+                )
+        started = time.perf_counter()
+        run.method.train()
+        try:
+            with StopRequest() as stop:
+                try:
+                    interrupted = self._loop(run, loader, writer, progress, stop)
+                except RuntimeError as exc:
+                    failure = self._collective_failure(exc, run)
+                    if failure is None:
+                        raise
+                    raise failure from None
+                if progress is not None:
+                    progress.close()
+                    progress = None
+                final = None
                 if self.is_main:
-                    if at_epoch_end and (epoch_done % cfg.train.checkpoint_every == 0 or step == total_steps):
-                        self._checkpoint(
-                            method, optimizer, scaler, step, steps_per_epoch, f"epoch_{epoch_done:04d}.pt"
-                        )
-                    elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
-                        self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, LAST)
-        except KeyboardInterrupt:
-            interrupted = True
+                    final = self.run_dir / "checkpoints" / LAST
+                    if self._saved_step != run.step:
+                        self._save(run, LAST)
+                dist.barrier()
+            if interrupted:
+                log.warning("stopped at step %d; saved %s (continue with --resume auto)", run.step, final)
+        except Exception as exc:
+            log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
         finally:
             if progress is not None:
                 progress.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
-
-        final = None
-        if self.is_main:
-            final = self.run_dir / "checkpoints" / LAST
-            if self._saved_step != step:
-                self._checkpoint(method, optimizer, scaler, step, steps_per_epoch, LAST)
             if writer is not None:
                 writer.close()
-        dist.barrier()
+            if handler is not None:
+                logging.getLogger("densessl").removeHandler(handler)
+                handler.close()
         summary = {
-            "step": step,
-            "total_steps": total_steps,
+            "step": run.step,
+            "total_steps": run.total_steps,
             "interrupted": interrupted,
             "seconds": time.perf_counter() - started,
             "checkpoint": str(final) if final else None,
-            "last_metrics": last_record,
+            "last_metrics": run.last_record,
         }
         if interrupted:
-            log.warning("interrupted at step %d; saved %s (continue with --resume auto)", step, final)
             raise KeyboardInterrupt
         return summary
