@@ -16,9 +16,9 @@ from typing import Any
 
 def quiet_worker(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: workers must outlive it so the main process can
-    # finish the step in flight and save
+    # finish the step in flight and save. SIGTERM keeps its default: the loader ends its
+    # workers with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopRequest:

@@ -61,7 +61,13 @@ from densessl.training.checkpoint import (
 from densessl.training.history import MetricsWriter, open_run_log
 from densessl.training.interrupt import StopRequest, quiet_worker
 from densessl.training.optim import build_optimizer, clip_gradients, lr_at
-from densessl.views.dataset import EpochBatchSampler, MultiViewDataset, collate_views, derive_seed
+from densessl.views.dataset import (
+    EpochBatchSampler,
+    MultiViewDataset,
+    check_skip_budget,
+    collate_views,
+    derive_seed,
+)
 from densessl.views.sampler import ViewSampler
 
 log = logging.getLogger(__name__)
@@ -186,6 +192,7 @@ class _Run:
     window: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     last_record: dict[str, Any] = field(default_factory=dict)
     skipped_total: int = 0
+    unreadable: set[str] = field(default_factory=set)
 
 
 class Trainer:
@@ -266,7 +273,11 @@ class Trainer:
         seed_everything(cfg.train.seed)
         source = parse_source(cfg.data.source, length=cfg.data.synthetic_length)
         dataset = MultiViewDataset(
-            source, ViewSampler([v.crop for v in cfg.views]), seed=cfg.train.seed, corrupt=cfg.data.corrupt
+            source,
+            ViewSampler([v.crop for v in cfg.views]),
+            seed=cfg.train.seed,
+            corrupt=cfg.data.corrupt,
+            max_skipped_fraction=cfg.data.max_skipped_fraction,
         )
         method = build_model(cfg)
         if cfg.train.sync_bn and world > 1:
@@ -440,6 +451,7 @@ class Trainer:
             "images_per_s": len(run.window["loss"]) * self.config.train.batch_size / elapsed,
             "data_wait_fraction": wait_time / elapsed,
             "skipped_images": run.skipped_total,
+            "unreadable_images": len(run.unreadable),
         }
         run.window.clear()
         if writer is not None:
@@ -455,15 +467,29 @@ class Trainer:
             return LAST
         return None
 
-    def _fetch(self, iterator, run: _Run) -> dict[str, Any] | None:
+    def _fetch(self, iterator, run: _Run, stop: StopRequest) -> dict[str, Any] | None:
+        """The next batch; None at the end of the data, or when a stop request cut the fetch short."""
         try:
-            return next(iterator)
+            batch = next(iterator)
+            if batch["unreadable"]:
+                # each worker checks its own share; the budget is over the distinct files of all
+                run.unreadable.update(batch["unreadable"])
+                fraction = self.config.data.max_skipped_fraction
+                example = batch["unreadable"][0]
+                check_skip_budget(len(run.unreadable), len(run.dataset), fraction, example)
+            return batch
         except StopIteration:
             return None
         except DataError as exc:
             # between two steps the state is whole: keep the work done so far
-            self._save(run, LAST)
+            if run.step and run.step != self._saved_step:
+                self._save(run, LAST)
             raise DataError(worker_error_message(exc)) from None
+        except RuntimeError:
+            # a signal sent to the whole process group also ends the loader's workers
+            if stop.requested:
+                return None
+            raise
 
     def _collective_failure(self, exc: RuntimeError, run: _Run) -> TrainingError | None:
         text = str(exc)
@@ -482,29 +508,36 @@ class Trainer:
         iterator = iter(loader)
         wait = busy = 0.0
         tick = time.perf_counter()
-        while run.step < run.end_step:
-            if dist.any_process(stop.requested):
-                return True
-            batch = self._fetch(iterator, run)
-            if batch is None:
-                break
-            fetched = time.perf_counter()
-            wait += fetched - tick
-            outputs, lr = self._train_step(run, batch)
-            tick = time.perf_counter()
-            busy += tick - fetched
-            self._log(run, outputs, lr, (wait, busy), writer)
-            if run.last_record.get("step") == run.step:
-                wait = busy = 0.0
+        try:
+            while run.step < run.end_step:
+                batch = self._fetch(iterator, run, stop)
+                # every process takes the same decision, before anyone starts the step
+                if dist.any_process(stop.requested):
+                    return True
+                if batch is None:
+                    break
+                fetched = time.perf_counter()
+                wait += fetched - tick
+                outputs, lr = self._train_step(run, batch)
+                tick = time.perf_counter()
+                busy += tick - fetched
+                self._log(run, outputs, lr, (wait, busy), writer)
+                if run.last_record.get("step") == run.step:
+                    wait = busy = 0.0
+                    if progress is not None:
+                        progress.set_postfix(
+                            loss=f"{run.last_record['loss']:.4f}", lr=f"{run.last_record['lr']:.3g}"
+                        )
                 if progress is not None:
-                    progress.set_postfix(
-                        loss=f"{run.last_record['loss']:.4f}", lr=f"{run.last_record['lr']:.3g}"
-                    )
-            if progress is not None:
-                progress.update(1)
-            name = self._checkpoint_due(run)
-            if name is not None:
-                self._save(run, name)
+                    progress.update(1)
+                name = self._checkpoint_due(run)
+                if name is not None:
+                    self._save(run, name)
+        finally:
+            # workers of an iterator that an exception keeps alive would outlive the run
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         return False
 
     # -- saving ---------------------------------------------------------------------------------
