@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from densessl import __version__
-from densessl.config import ConfigError, config_yaml, did_you_mean, load_config
-from densessl.data.base import DataError
+from densessl.config import config_yaml, did_you_mean, load_config
+from densessl.errors import ConfigError, DensesslError
 from densessl.recipes import quick_methods
-from densessl.training.checkpoint import CheckpointError
 
 log = logging.getLogger("densessl.cli")
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+#: errors printed as one line instead of a traceback
+USER_ERRORS = (DensesslError, FileNotFoundError)
 FORMAT_NAMES = ("torchvision", "timm", "safetensors", "detectron2", "mmdet", "mmseg", "vit")
 #: third-party loggers whose debug lines drown densessl's under -v (PIL logs every PNG chunk)
 NOISY_LOGGERS = ("PIL", "matplotlib", "urllib3", "fsspec", "filelock", "h5py", "asyncio", "git")
@@ -596,11 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
         return exc.code if isinstance(exc.code, int) else 2
     configure_logging(-args.quiet_level)
-    from densessl.training.trainer import TrainingError
-
     try:
         return COMMANDS[args.command](args)
-    except (*USER_ERRORS, TrainingError) as exc:
+    except USER_ERRORS as exc:
         print(f"densessl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -28,13 +28,10 @@ from typing import Any, Literal
 import yaml
 
 from densessl.augment import PhotometricConfig
+from densessl.errors import ConfigError
 from densessl.methods import METHODS
 from densessl.recipes import recipe_names, recipe_path
 from densessl.views.sampler import CropSpec
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message is meant for the user as is."""
 
 
 @dataclass

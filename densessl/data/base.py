@@ -6,18 +6,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
-class DataError(RuntimeError):
-    """A dataset cannot be used: missing folder, no images, unreadable file under policy 'error'."""
-
-
-class CorruptImageError(DataError):
-    """One image could not be decoded."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot read image {path}: {reason}")
-        self.path = path
-        self.reason = reason
+# defined with every user-facing error; imported here, their historical home, for callers
+from densessl.errors import CorruptImageError, DataError  # noqa: F401
 
 
 @runtime_checkable

@@ -57,8 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densessl.config import ConfigError
-from densessl.data.base import DataError
+from densessl.errors import ConfigError, DataError
 from densessl.eval.ap import average_precision
 from densessl.eval.features import extract, resize_center_crop
 

@@ -11,8 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from densessl.config import ConfigError
-from densessl.data.base import DataError
+from densessl.errors import ConfigError, DataError
 from densessl.eval.cli_common import add_backbone_arguments, backbone_from_args, device_from_args, emit
 
 __all__ = ["add_commands"]

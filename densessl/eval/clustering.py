@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from densessl.config import ConfigError
+from densessl.errors import ConfigError
 from densessl.eval.features import nearest
 from densessl.eval.metrics import (
     UNMATCHED,

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from densessl.data.base import DataError
+from densessl.errors import DataError
 
 #: protocol -> headline key; every eval command prints its scores in percent
 HEADLINES: dict[str, str] = {

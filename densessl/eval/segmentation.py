@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densessl.config import ConfigError
+from densessl.errors import ConfigError
 from densessl.eval.features import extract
 from densessl.eval.features import nearest as _nearest
 from densessl.eval.metrics import AbsentPolicy, ConfusionMatrix

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from densessl.data.base import DataError
+from densessl.errors import DataError
 from densessl.eval.cli_common import add_backbone_arguments, backbone_from_args, device_from_args, emit
 
 __all__ = [

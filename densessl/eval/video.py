@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densessl.config import ConfigError
-from densessl.data.base import DataError
+from densessl.errors import ConfigError, DataError
 from densessl.eval.davis_metrics import SUMMARY_KEYS, evaluate_sequence, summarize
 from densessl.eval.features import extract
 

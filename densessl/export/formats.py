@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import nn
 
-from densessl.training.checkpoint import CheckpointError
+from densessl.errors import CheckpointError
 
 
 def family(model: dict[str, Any]) -> str:

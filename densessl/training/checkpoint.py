@@ -30,16 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from densessl.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "densessl-checkpoint-v1"
 LAST = "last.pt"
 #: temporary files of saves that never finished (the process was killed mid-write)
 TEMP_PATTERN = re.compile(r"^\..+\.tmp-\d+$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, damaged, unwritable or is not a densessl checkpoint."""
 
 
 def _digest_into(h: Any, value: Any) -> None:

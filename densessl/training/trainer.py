@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from densessl import distributed as dist
 from densessl.augment import apply_photometric, normalize
 from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
-from densessl.data.base import DataError
 from densessl.data.sources import parse_source
+from densessl.errors import DataError, TrainingError
 from densessl.methods import Method, Step, Views, build_method
 from densessl.models.backbones import backbone_from_config
 from densessl.training.checkpoint import (
@@ -92,10 +92,6 @@ RESUMABLE_CHANGES = (
 #: what a run writes into its directory (``--overwrite`` removes exactly these)
 RUN_FILES = ("metrics.jsonl", "config.yaml", "run.log", "eval.jsonl")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged loss, bad resume target); the message says why."""
 
 
 def build_model(config: ExperimentConfig) -> Method:

@@ -36,8 +36,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from densessl.augment import normalize
-from densessl.config import ConfigError
 from densessl.data.base import DataError, ImageSource
+from densessl.errors import ConfigError
 from densessl.eval.features import resize_center_crop
 from densessl.methods.base import Method
 
