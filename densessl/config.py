@@ -29,7 +29,7 @@ import yaml
 
 from densessl.augment import PhotometricConfig
 from densessl.errors import ConfigError
-from densessl.methods import METHODS
+from densessl.methods.registry import method_names, method_spec
 from densessl.recipes import recipe_names, recipe_path
 from densessl.views.sampler import CropSpec
 
@@ -240,15 +240,16 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError("a config must be a mapping at the top level")
     data = dict(data)
     method_data = data.pop("method", None)
+    names = method_names()
     if not isinstance(method_data, dict) or "name" not in method_data:
-        raise ConfigError(f"method.name is required; valid choices: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"method.name is required; valid choices: {', '.join(names)}")
     name = method_data["name"]
-    if name not in METHODS:
+    if name not in names:
         raise ConfigError(
-            f"method.name: invalid value {name!r}{did_you_mean(name, sorted(METHODS))}; "
-            f"valid choices: {', '.join(sorted(METHODS))}"
+            f"method.name: invalid value {name!r}{did_you_mean(name, names)}; "
+            f"valid choices: {', '.join(names)}"
         )
-    method = _build(METHODS[name].config_class, method_data, "method")
+    method = _build(method_spec(name).config_class, method_data, "method")
     config = _build(ExperimentConfig, {**data, "method": {}}, "")
     config.method = method
     _check(config)
@@ -334,7 +335,7 @@ def _check_method(method: Any) -> None:
 
 def _check(config: ExperimentConfig) -> None:
     _check_finite(config, "")
-    min_views = METHODS[config.method.name].min_views
+    min_views = method_spec(config.method.name).min_views
     if len(config.views) < min_views:
         raise ConfigError(f"views: method {config.method.name} needs at least {min_views} views")
     _check_method(config.method)

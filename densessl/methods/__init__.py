@@ -1,6 +1,41 @@
-"""Pre-training methods; importing this package registers every method in ``METHODS``."""
+"""Pre-training methods, found by name through :mod:`densessl.methods.registry`.
 
-from densessl.methods import densecl, mocov2, slotcon  # noqa: F401  (registration)
-from densessl.methods.base import METHODS, Method, Step, Views, build_method, register
+Importing this package loads no torch: the registry and the config dataclasses are light, and a
+method's module (with its networks) is imported the first time it is built or looked up in
+``METHODS``. ``Method``, ``Step`` and ``Views`` (:mod:`densessl.methods.base`, which needs torch)
+are imported on first access.
+"""
 
-__all__ = ["METHODS", "Method", "Step", "Views", "build_method", "register"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from densessl.methods.registry import METHODS, MethodSpec, build_method, method_names, method_spec, register
+
+if TYPE_CHECKING:
+    from densessl.methods.base import BackboneFactory, Method, Step, Views
+
+__all__ = [
+    "METHODS",
+    "BackboneFactory",
+    "Method",
+    "MethodSpec",
+    "Step",
+    "Views",
+    "build_method",
+    "method_names",
+    "method_spec",
+    "register",
+]
+
+#: names served from densessl.methods.base on first access (it imports torch)
+_FROM_BASE = frozenset({"BackboneFactory", "Method", "Step", "Views"})
+
+
+def __getattr__(name: str) -> Any:
+    # only an explicit list: an unknown name must raise AttributeError so that
+    # ``from densessl.methods import mocov2`` falls back to importing the submodule
+    if name in _FROM_BASE:
+        return getattr(importlib.import_module("densessl.methods.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""What every method provides to the trainer, and the registry that finds methods by name.
+"""What every method provides to the trainer (methods are found by name in :mod:`densessl.methods.registry`).
 
 A method is an ``nn.Module`` built from its own config dataclass and a backbone factory. The
 trainer calls ``forward(views, step)`` and minimises the returned ``"loss"``; every other entry
@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+# the registry lived here; re-exported so that ``from densessl.methods.base import register`` still works
+from densessl.methods.registry import METHODS, build_method, register  # noqa: F401
 from densessl.models.backbones import Backbone
 
 
@@ -85,18 +87,3 @@ class Method(nn.Module):
         """Cosine scores (B, K, h, w) of the exported branch's dense embeddings against the
         method's learned prototypes, or ``None`` for a method without prototypes."""
         return None
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def build_method(config: Any, backbone_factory: BackboneFactory) -> Method:
-    """Instantiate the method whose ``name`` matches ``config.name``."""
-    cls = METHODS[config.name]
-    return cls(config, backbone_factory)

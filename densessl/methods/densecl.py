@@ -10,29 +10,17 @@ per image. Total loss: (1 - lambda) * global + lambda * dense, lambda = 0.5, T =
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
-from densessl.methods.mocov2 import MoCoV2Config
+from densessl.methods.configs import DenseCLConfig
 from densessl.models.backbones import Backbone
 from densessl.models.heads import DenseHead, GlobalHead
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
-
-
-@dataclass
-class DenseCLConfig(MoCoV2Config):
-    """MoCo-v2's hyper-parameters plus the weight of the dense term."""
-
-    name: Literal["densecl"] = "densecl"  # type: ignore[assignment]
-    #: weight of the dense term; the global term gets 1 - loss_lambda
-    loss_lambda: float = 0.5
 
 
 class DenseEncoder(nn.Module):

@@ -8,32 +8,17 @@ keys of the whole global batch enter the queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
+from densessl.methods.configs import MoCoV2Config
 from densessl.models.backbones import Backbone
 from densessl.models.heads import GlobalHead
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
-
-
-@dataclass
-class MoCoV2Config:
-    name: Literal["mocov2"] = "mocov2"
-    dim: int = 128
-    hidden_dim: int = 2048
-    queue_size: int = 65536
-    temperature: float = 0.2
-    momentum: float = 0.999
-    momentum_schedule: Literal["constant", "cosine"] = "constant"
-    #: pseudo-GPU groups for shuffle-BN in a single process (1 = no shuffling)
-    shuffle_bn_groups: int = 2
 
 
 class Encoder(nn.Module):

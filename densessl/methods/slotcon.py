@@ -21,9 +21,6 @@ are left out of the loss's mean with zero weight, so they add neither loss nor g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,23 +28,10 @@ from torchvision.ops import roi_align
 
 from densessl.distributed import all_gather, all_reduce_mean, rank
 from densessl.methods.base import BackboneFactory, Method, Step, Views, register
+from densessl.methods.configs import SlotConConfig
 from densessl.models.heads import build_mlp
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.views.geometry import overlap_boxes_batch
-
-
-@dataclass
-class SlotConConfig:
-    name: Literal["slotcon"] = "slotcon"
-    num_prototypes: int = 256
-    hidden_dim: int = 4096
-    dim: int = 256
-    teacher_momentum: float = 0.99
-    teacher_temp: float = 0.07
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    group_loss_weight: float = 0.5
-    slot_temp: float = 0.2
 
 
 def _trunc_normal_init(module: nn.Module) -> None:
