@@ -31,7 +31,7 @@ from densessl.augment import PhotometricConfig
 from densessl.errors import ConfigError
 from densessl.methods.registry import method_names, method_spec
 from densessl.recipes import recipe_names, recipe_path
-from densessl.views.sampler import CropSpec
+from densessl.views.spec import CropSpec
 
 
 @dataclass
@@ -52,6 +52,15 @@ class ModelConfig:
     num_heads: int | None = None
     #: ViT: stochastic depth of the trained network
     drop_path_rate: float = 0.0
+
+    def backbone_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """The keyword arguments of :func:`densessl.models.backbones.build_backbone` this section
+        describes, with ``overrides`` (a teacher's ``drop_path_rate=0.0``) replacing fields."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"not a model field: {', '.join(unknown)}")
+        # every field is a builder argument: a field that is not must be left out here
+        return {**dataclasses.asdict(self), **overrides}
 
 
 @dataclass

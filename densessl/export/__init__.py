@@ -28,7 +28,7 @@ from densessl.config import ConfigError, ModelConfig, from_dict
 from densessl.export.formats import FORMATS, convert, default_format, family, torchvision_reference
 from densessl.export.layouts import CheckpointContents, read_checkpoint
 from densessl.methods.base import Method
-from densessl.models.backbones import Backbone, backbone_from_config
+from densessl.models.backbones import Backbone, build_backbone
 from densessl.training.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = [
@@ -132,7 +132,7 @@ def model_config(model: dict[str, Any]) -> ModelConfig:
 
 def build_encoder(state: dict[str, torch.Tensor], model: dict[str, Any], where: str) -> Backbone:
     """The densessl backbone for ``model`` with ``state`` loaded strictly (names and shapes)."""
-    backbone = backbone_from_config(model_config(model))
+    backbone = build_backbone(**model_config(model).backbone_kwargs())
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -211,7 +211,7 @@ def load_backbone(
     if str(weights) == "random":
         if model is None:
             raise ConfigError("--weights random needs the architecture (--arch ...)")
-        return backbone_from_config(model).eval()
+        return build_backbone(**model.backbone_kwargs()).eval()
     if not Path(weights).is_file():
         raise CheckpointError(f"weights not found: {weights}")
     contents = read_checkpoint(weights)

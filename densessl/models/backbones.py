@@ -8,6 +8,10 @@ so exporting it needs no renaming. Two additions serve small images:
   (a 64 px image gives an 8x8 map);
 - ``width``: a multiplier on every stage's channel count (0.5 gives 32/64/128/256 for
   ResNet-18), for CPU-sized experiments. Parameter names stay torchvision's; only shapes change.
+
+:func:`build_backbone` builds any backbone (ResNet or ViT) from plain keyword arguments; the
+configuration layer turns its ``model`` section into them
+(:meth:`densessl.config.ModelConfig.backbone_kwargs`), so no model imports the configuration.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 if TYPE_CHECKING:
-    from densessl.config import ModelConfig
     from densessl.models.vit import ViTBackbone
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -88,30 +91,43 @@ Backbone: TypeAlias = "ResNetBackbone | ViTBackbone"
 
 
 def build_backbone(
-    arch: str, *, small_input: bool = False, width: float = 1.0, zero_init_residual: bool = False
-) -> ResNetBackbone:
-    """Build a ResNet backbone by name (see :data:`ARCHITECTURES`)."""
-    return ResNetBackbone(arch, small_input=small_input, width=width, zero_init_residual=zero_init_residual)
+    arch: str = "resnet50",
+    *,
+    small_input: bool = False,
+    width: float = 1.0,
+    zero_init_residual: bool = False,
+    patch_size: int = 16,
+    img_size: int = 224,
+    num_heads: int | None = None,
+    drop_path_rate: float = 0.0,
+) -> Backbone:
+    """Build a backbone by name: a ResNet (:data:`ARCHITECTURES`) or a ViT
+    (:data:`~densessl.models.vit.VIT_ARCHITECTURES`).
 
-
-def backbone_from_config(model: ModelConfig) -> Backbone:
-    """The backbone a :class:`~densessl.config.ModelConfig` describes (ResNet or ViT)."""
+    ``small_input``, ``width`` and ``zero_init_residual`` shape a ResNet; ``patch_size``,
+    ``img_size``, ``num_heads`` and ``drop_path_rate`` a ViT. The other family's arguments are
+    ignored, so one set of arguments (a recipe's ``model`` section) describes either, and an
+    override such as ``drop_path_rate=0.0`` for a momentum teacher applies to both.
+    """
+    if arch in ARCHITECTURES:
+        return ResNetBackbone(
+            arch, small_input=small_input, width=width, zero_init_residual=zero_init_residual
+        )
+    # timm is imported only for a ViT
     from densessl.models.vit import VIT_ARCHITECTURES, ViTBackbone
 
-    if model.arch in VIT_ARCHITECTURES:
-        return ViTBackbone(
-            model.arch,
-            patch_size=model.patch_size,
-            img_size=model.img_size,
-            num_heads=model.num_heads,
-            drop_path_rate=model.drop_path_rate,
-        )
-    return build_backbone(
-        model.arch,
-        small_input=model.small_input,
-        width=model.width,
-        zero_init_residual=model.zero_init_residual,
+    if arch not in VIT_ARCHITECTURES:
+        known = sorted(ARCHITECTURES) + sorted(VIT_ARCHITECTURES)
+        raise ValueError(f"unknown backbone '{arch}'; choose one of {known}")
+    return ViTBackbone(
+        arch, patch_size=patch_size, img_size=img_size, num_heads=num_heads, drop_path_rate=drop_path_rate
     )
+
+
+def backbone_from_config(model: Any) -> Backbone:
+    """The backbone a :class:`~densessl.config.ModelConfig` describes; kept for callers, new code
+    calls ``build_backbone(**model.backbone_kwargs())``."""
+    return build_backbone(**model.backbone_kwargs())
 
 
 def describe_backbone(backbone: nn.Module) -> dict[str, Any]:

@@ -16,9 +16,6 @@ The photometric part of the augmentation is batched separately (:mod:`densessl.a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from densessl.views.geometry import (
@@ -27,37 +24,9 @@ from densessl.views.geometry import (
     sample_constrained_crop,
     sample_crop,
 )
+from densessl.views.spec import CropSpec
 
 __all__ = ["CropSpec", "ViewSampler", "records_to_tensors"]
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How to draw one view.
-
-    Attributes:
-        size: output side in pixels (square views).
-        scale: range of the crop area as a fraction of the image area.
-        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
-        interpolation: ``"bilinear"`` or ``"bicubic"`` resize (antialiased).
-        flip_p: probability of a horizontal flip (recorded in the view record).
-        reference: index of an earlier view this crop must overlap, or ``None``.
-        rule: overlap rule against the reference: ``"intersection"`` (``|crop & ref| >=
-            threshold * sampled area``) or ``"iou"`` (``IoU > threshold``).
-        threshold: the rule's threshold.
-        tries: sampling attempts before the fallback; ``None`` retries until accepted (capped,
-            see :func:`densessl.views.geometry.sample_constrained_crop`).
-    """
-
-    size: int
-    scale: tuple[float, float] = (0.2, 1.0)
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
-    flip_p: float = 0.5
-    reference: int | None = None
-    rule: Literal["intersection", "iou"] = "intersection"
-    threshold: float = 0.0
-    tries: int | None = 10
 
 
 class ViewSampler:
