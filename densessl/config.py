@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from densessl.augment import PhotometricConfig
+from densessl.augment import PhotometricConfig, PhotometricPipeline, check_pipeline
 from densessl.errors import ConfigError
 from densessl.methods.registry import method_names, method_spec
 from densessl.recipes import recipe_names, recipe_path
@@ -80,7 +80,8 @@ class DataConfig:
 @dataclass
 class ViewConfig:
     crop: CropSpec = field(default_factory=lambda: CropSpec(size=224))
-    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    #: a colour step, ``{autoaugment: imagenet}``, ``{choice: [...], p: [...]}`` or a list of them
+    photometric: PhotometricPipeline = field(default_factory=PhotometricConfig)
 
 
 @dataclass
@@ -157,6 +158,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _field_names(cls: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -185,6 +190,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) > 1:
+            # a mapping meant for one of several sections: the error of the one sharing most keys
+            _convert(value, max(sections, key=lambda a: len(value.keys() & _field_names(a))), key)
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
@@ -362,7 +371,7 @@ def _check(config: ExperimentConfig) -> None:
     _require("data.max_skipped_fraction", data.max_skipped_fraction, 0, 1, high_open=True)
 
     for i, view in enumerate(config.views):
-        crop, photo, key = view.crop, view.photometric, f"views.{i}"
+        crop, key = view.crop, f"views.{i}"
         ref = crop.reference
         if ref is not None and not 0 <= ref < i:
             raise ConfigError(f"{key}.crop.reference must name an earlier view (0..{i - 1}), got {ref}")
@@ -374,13 +383,18 @@ def _check(config: ExperimentConfig) -> None:
         _require(f"{key}.crop.tries", crop.tries, 1)
         if crop.tries is None and ref is None:
             raise ConfigError(f"{key}.crop.tries: null (retry until accepted) needs a crop.reference")
-        for name in ("jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
-            _require(f"{key}.photometric.{name}", getattr(photo, name), 0, 1)
-        for name in ("brightness", "contrast", "saturation"):
-            _require(f"{key}.photometric.{name}", getattr(photo, name), 0)
-        _require(f"{key}.photometric.hue", photo.hue, 0, 0.5)
-        _require_pair(f"{key}.photometric.blur_sigma", photo.blur_sigma, 0, None, low_open=True)
-        _require(f"{key}.photometric.blur_sigma_scale", photo.blur_sigma_scale, 0, low_open=True)
+        try:
+            colour_steps = check_pipeline(view.photometric, f"{key}.photometric")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        for where, photo in colour_steps:
+            for name in ("jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+                _require(f"{where}.{name}", getattr(photo, name), 0, 1)
+            for name in ("brightness", "contrast", "saturation"):
+                _require(f"{where}.{name}", getattr(photo, name), 0)
+            _require(f"{where}.hue", photo.hue, 0, 0.5)
+            _require_pair(f"{where}.blur_sigma", photo.blur_sigma, 0, None, low_open=True)
+            _require(f"{where}.blur_sigma_scale", photo.blur_sigma_scale, 0, low_open=True)
 
     optim = config.optim
     _require("optim.lr", optim.lr, 0, low_open=True)

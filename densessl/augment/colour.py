@@ -1,4 +1,4 @@
-"""Batched photometric augmentations and input normalisation (CPU or GPU tensors).
+"""Batched colour augmentations on float images and input normalisation (CPU or GPU tensors).
 
 All augmentations work on a batch ``(B, 3, H, W)`` of float images in ``[0, 1]`` on any device,
 with one random parameter set per sample. Parameters are drawn from an explicit CPU
