@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from densessl.methods import Views
+from densessl.methods import Step, Views
 
 
 class TinyBackbone(nn.Module):
@@ -43,3 +46,31 @@ def random_views(batch: int, size: int = 8, seed: int = 0, num_views: int = 2) -
         flips=torch.zeros(batch, num_views, dtype=torch.bool),
         image_sizes=torch.full((batch, 2), size),
     )
+
+
+def step0() -> Step:
+    return Step(step=0, total_steps=10, epoch=0, generator=torch.Generator().manual_seed(0))
+
+
+def infonce_by_hand(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, t: float) -> float:
+    """InfoNCE of each query against its key and the negatives, one exp at a time."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        pos = math.exp(float(q[i] @ k[i]) / t)
+        neg = sum(math.exp(float(q[i] @ n) / t) for n in negatives)
+        total += -math.log(pos / (pos + neg))
+    return total / q.shape[0]
+
+
+def stripe_features(
+    n: int, k: int, seed: int, grid: int = 8, cell: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical-stripe masks (n, grid*cell, grid*cell) and one-hot (n, k, grid, grid) features.
+
+    Stripes keep bilinear upsampling one-dimensional, so the cell a pixel lies in always wins.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, k, (n, 1, grid), generator=gen).expand(n, grid, grid)
+    masks = coarse.repeat_interleave(cell, 1).repeat_interleave(cell, 2).to(torch.uint8)
+    feats = F.one_hot(coarse, k).permute(0, 3, 1, 2).float().contiguous()
+    return feats, masks

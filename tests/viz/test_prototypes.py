@@ -23,7 +23,7 @@ from densessl.viz.prototypes import (
     upsampled_assignment,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY_SLOTCON = [
     "data.synthetic_length=32",
     "data.workers=0",

@@ -1,4 +1,4 @@
-"""Tests for the frozen dense linear probe."""
+"""The frozen dense probes: the linear probe, the FCN head, and the protocol presets."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from densessl.augment import normalize
+from densessl.config import ConfigError
 from densessl.eval.segmentation import (
+    FCNHead,
     evaluate_probe,
     extract_features,
+    resolve_preset,
     run_linear_probe,
+    run_probe,
+    train_fcn_probe,
     train_linear_probe,
 )
+from tests import helpers
+from tests.helpers import stripe_features
 
 
 class TinyBackbone(nn.Module):
@@ -186,3 +193,78 @@ def test_run_linear_probe_end_to_end() -> None:
     assert r["miou"] > 0.9 and 0.0 <= r["miou_std"] < 0.05
     assert r["num_classes"] == 3 and r["image_size"] == 64 and r["train_resolution"] == 32
     assert isinstance(r["seconds"], float) and 0 <= r["pixel_acc"] <= 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny; on a loaded 2-core machine a second intra-op thread only adds
+    # spin-waiting (an FCN probe step went from ~4 ms to ~50 ms).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_presets_resolve() -> None:
+    leo = resolve_preset("leopart", arch="resnet50")
+    assert (leo["image_size"], leo["train_resolution"], leo["epochs"], leo["batch_size"]) == (
+        448,
+        100,
+        25,
+        60,
+    )
+    assert leo["lr"] == 0.1 and leo["seeds"] == (400,) and leo["milestones"] is None
+    assert resolve_preset("leopart", arch="vit_small")["lr"] == 0.01
+    d = resolve_preset(None, dataset_image_size=64, epochs=None, head="fcn")
+    assert d["image_size"] == 64 and d["train_resolution"] == 32 and d["epochs"] == 25 and d["head"] == "fcn"
+    with pytest.raises(ConfigError, match="preset"):
+        resolve_preset("nope")
+    with pytest.raises(ConfigError, match="setting"):
+        resolve_preset("leopart", colour=3)
+    with pytest.raises(ConfigError, match="image size"):
+        resolve_preset("default")
+
+
+def test_fcn_head_learns_and_is_deterministic() -> None:
+    k = 3
+    train_f, train_m = stripe_features(60, k, 0)
+    val_f, val_m = stripe_features(20, k, 1)
+    train_m[:, :2] = 255
+    kw = dict(seed=3, epochs=6, lr=0.05, batch_size=16, train_resolution=16, channels=16)
+    state = torch.random.get_rng_state()
+    a = train_fcn_probe(train_f * 30 + 2, train_m, k, **kw)
+    assert torch.equal(state, torch.random.get_rng_state())
+    b = train_fcn_probe(train_f * 30 + 2, train_m, k, **kw)
+    x = val_f[:2] * 30 + 2
+    assert torch.equal(a(x), b(x))
+    r = evaluate_probe(a, val_f * 30 + 2, val_m, k)
+    assert r["miou"] > 0.95
+    head = FCNHead(5, 4, channels=8)
+    assert head(torch.randn(2, 5, 6, 6)).shape == (2, 4, 6, 6)
+
+
+def test_leopart_preset_and_fcn_run_on_tiny_backbone() -> None:
+    rng = np.random.default_rng(0)
+    samples = [
+        (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (32, 32)).astype(np.uint8))
+    ]
+    samples = samples * 6
+    s = resolve_preset("leopart", image_size=32, train_resolution=16, epochs=2, batch_size=4)
+    for head in ("linear", "fcn"):
+        r = run_probe(
+            helpers.TinyBackbone(),
+            samples,
+            samples[:2],
+            3,
+            head=head,
+            image_size=s["image_size"],
+            seeds=s["seeds"],
+            epochs=s["epochs"],
+            lr=s["lr"],
+            batch_size=s["batch_size"],
+            train_resolution=s["train_resolution"],
+            standardize=s["standardize"],
+            fcn_channels=8,
+        )
+        assert r["head"] == head and r["seeds"] == [400] and r["feature_shape"] == [8, 16, 16]
+        assert 0.0 <= r["miou"] <= 1.0 and r["image_size"] == 32 and r["train_resolution"] == 16

@@ -20,7 +20,7 @@ from densessl.export import export_backbone, torchvision_reference
 from densessl.training.trainer import Trainer
 from tests.test_distributed import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "densessl/recipes/quick/densecl_synthetic.yaml"
 TINY = [
     "data.synthetic_length=48",

@@ -1,4 +1,4 @@
-"""Tests for the confusion-matrix segmentation metrics."""
+"""Segmentation metrics: the confusion matrix, and cluster-to-class matching (Hungarian, many-to-one)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from densessl.eval.metrics import ConfusionMatrix
+from densessl.eval.metrics import (
+    UNMATCHED,
+    ConfusionMatrix,
+    hungarian_match,
+    many_to_one_match,
+    overlap_matrix,
+    remap,
+)
 
 # 4 classes; class 3 appears neither in the GT nor (on counted pixels) in the prediction. The two
 # ignore pixels carry predictions 0 and 3, which must not be counted.
@@ -134,3 +141,73 @@ def test_matches_sklearn() -> None:
     assert r["miou"] == pytest.approx(float(np.mean(jac)))
     assert r["pixel_acc"] == pytest.approx(metrics.accuracy_score(g, p))
     assert cm.compute(absent="nan")["miou"] == pytest.approx(float(np.mean(jac[:5])))
+
+
+def _pairs(overlap: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat (cluster, class) pixel lists realising an overlap table, plus two ignored pixels."""
+    pred, target = [], []
+    for k, row in enumerate(overlap):
+        for c, count in enumerate(row):
+            pred += [k] * count
+            target += [c] * count
+    return np.array(pred + [0, 1]), np.array(target + [255, 255])
+
+
+def test_overlap_matrix_skips_ignore() -> None:
+    pred, target = _pairs([[4, 0], [3, 3], [0, 1]])
+    assert overlap_matrix(pred, target, 3, 2).tolist() == [[4, 0], [3, 3], [0, 1]]
+
+
+def test_hungarian_hand_computed_with_unmatched_cluster() -> None:
+    # Cluster sizes 4, 6, 1; class sizes 7, 4. IoUs: (0,0)=4/7, (1,1)=3/7, (1,0)=3/10, (2,1)=1/4.
+    # Best one-to-one: 0->0, 1->1 (sum 1.0); cluster 2 is left over.
+    pred, target = _pairs([[4, 0], [3, 3], [0, 1]])
+    assert hungarian_match(pred, target, 3, 2).tolist() == [0, 1, UNMATCHED]
+    assert hungarian_match(pred, target, 3, 2, unmatched=0).tolist() == [0, 1, 0]  # Leopart: background
+
+
+def test_hungarian_iou_and_pixel_objectives_differ() -> None:
+    # Row sums 11, 6, 8; column sums 13, 3, 9.
+    # identity: pixels 8+0+7 = 15, IoU 8/16 + 0 + 7/10 = 1.200
+    # 0->1, 1->0, 2->2: pixels 2+5+7 = 14, IoU 2/12 + 5/14 + 7/10 = 1.224
+    pred, target = _pairs([[8, 2, 1], [5, 0, 1], [0, 1, 7]])
+    assert hungarian_match(pred, target, 3, 3).tolist() == [1, 0, 2]
+    assert hungarian_match(pred, target, 3, 3, objective="pixels").tolist() == [0, 1, 2]
+
+
+def test_hungarian_fewer_clusters_than_classes() -> None:
+    pred, target = _pairs([[1, 5, 0], [0, 1, 6]])
+    assert hungarian_match(pred, target, 2, 3).tolist() == [1, 2]
+
+
+def test_many_to_one_precision_iou_and_empty_cluster() -> None:
+    # Cluster 0: 5 px of class 0, 4 of class 1; class 0 has 100 px in all. Precision: class 0
+    # (5/9 > 4/9); IoU: class 1 (4/9 against 5/104). Cluster 2 has no counted pixel.
+    pred, target = _pairs([[5, 4], [95, 0]])
+    pred = np.concatenate([pred, [2, 2]])
+    target = np.concatenate([target, [255, 255]])
+    assert many_to_one_match(pred, target, 3, 2).tolist() == [0, 0, UNMATCHED]
+    assert many_to_one_match(pred, target, 3, 2, criterion="iou").tolist() == [1, 0, UNMATCHED]
+
+
+def test_remap_keeps_type_and_checks_range() -> None:
+    mapping = np.array([2, 0, UNMATCHED])
+    assert remap(np.array([[0, 1], [2, 0]]), mapping).tolist() == [[2, 0], [-1, 2]]
+    out = remap(torch.tensor([1, 0]), mapping)
+    assert isinstance(out, torch.Tensor) and out.tolist() == [0, 2]
+    with pytest.raises(ValueError):
+        remap(np.array([3]), mapping)
+
+
+def test_confusion_matrix_counts_unmatched_as_wrong() -> None:
+    cm = ConfusionMatrix(2, unmatched_index=UNMATCHED)
+    cm.update(torch.tensor([0, -1, 1, -1, 0]), torch.tensor([0, 0, 1, 1, 255]))
+    r = cm.compute()
+    # class 0: TP 1, FN 1 (unmatched), FP 0 -> 1/2; class 1 likewise.
+    assert r["iou_per_class"] == pytest.approx([0.5, 0.5])
+    assert r["pixel_acc"] == pytest.approx(0.5) and r["num_unmatched"] == 2 and r["num_pixels"] == 4
+    assert cm.unmatched.tolist() == [1, 1] and cm.matrix.sum() == 2
+    with pytest.raises(ValueError):
+        ConfusionMatrix(2).update(torch.tensor([-1]), torch.tensor([0]))
+    with pytest.raises(ValueError):
+        ConfusionMatrix(2, unmatched_index=1)

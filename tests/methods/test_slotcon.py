@@ -267,7 +267,7 @@ def test_a_short_run_on_a_folder_of_elongated_photos(tmp_path):
         "method.num_prototypes=8",
         "method.hidden_dim=16",
     ]
-    recipe = Path(__file__).resolve().parent.parent / "densessl/recipes/quick/slotcon_synthetic.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/slotcon_synthetic.yaml"
     Trainer(load_config(recipe, overrides), tmp_path / "run").fit()
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
