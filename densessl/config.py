@@ -90,6 +90,9 @@ class OptimConfig:
     #: learning rate for the configured global batch (no implicit scaling)
     lr: float = 0.03
     weight_decay: float = 1e-4
+    #: cosine weight-decay schedule from ``weight_decay`` to this value over the run (DINO, MGC);
+    #: None keeps it constant
+    weight_decay_end: float | None = None
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     #: LARS trust coefficient; 1-D parameters get neither decay nor adaptation when excluded
@@ -399,6 +402,8 @@ def _check(config: ExperimentConfig) -> None:
     optim = config.optim
     _require("optim.lr", optim.lr, 0, low_open=True)
     _require("optim.weight_decay", optim.weight_decay, 0)
+    if optim.weight_decay_end is not None:
+        _require("optim.weight_decay_end", optim.weight_decay_end, 0)
     _require("optim.momentum", optim.momentum, 0, 1)
     for i, beta in enumerate(optim.betas):
         _require(f"optim.betas.{i}", beta, 0, 1, high_open=True)

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from densessl.distributed import all_gather, all_reduce_mean, rank
-from densessl.methods.base import BackboneFactory, Method, Step, Views, register
+from densessl.methods.base import BackboneFactory, Method, Step, ViewRole, Views, register
 from densessl.methods.configs import SlotConConfig
 from densessl.models.heads import build_mlp
 from densessl.models.momentum import ema_update, momentum_at, momentum_copy
@@ -153,6 +153,8 @@ class SlotCon(Method):
     config_class = SlotConConfig
     encoders = {"query": "encoder_q", "teacher": "encoder_k"}
     exported_role = "teacher"
+    # the second crop is redrawn until it overlaps the first (the group loss lives on the overlap)
+    view_roles = (ViewRole("view1"), ViewRole("view2", reference="view1", rule="intersection"))
 
     def __init__(self, config: SlotConConfig, backbone_factory: BackboneFactory) -> None:
         super().__init__()

@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 
 
-def momentum_copy(student: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``student`` to serve as its EMA teacher."""
-    teacher = copy.deepcopy(student)
+def momentum_copy(student: nn.Module, build: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """A frozen EMA teacher of ``student``, equal to it in every weight and buffer.
+
+    Without ``build`` the teacher is a deep copy. Where the teacher must differ from the student
+    in what it does rather than in what it holds (no drop path in MGC's momentum ViT), ``build``
+    constructs it from other arguments; it runs with the global RNG state saved and restored, so
+    building a teacher draws nothing that the rest of the initialisation would have drawn, and
+    the student's state is then loaded into it.
+    """
+    if build is None:
+        teacher = copy.deepcopy(student)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            teacher = build()
+        teacher.load_state_dict(student.state_dict(), strict=True)
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher

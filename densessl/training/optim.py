@@ -60,24 +60,47 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """The configured optimiser over the trainable parameters of ``model``."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _groups(model_or_groups: nn.Module | list[dict]) -> list[dict]:
+    """Parameter groups with their scales; a module gives one group of its trainable parameters."""
+    if isinstance(model_or_groups, nn.Module):
+        model_or_groups = [{"params": list(model_or_groups.parameters())}]
+    groups = []
+    for group in model_or_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            groups.append({**group, "params": params, "lr_scale": group.get("lr_scale", 1.0),
+                           "wd_scale": group.get("wd_scale", 1.0)})  # fmt: skip
+    return groups
+
+
+def build_optimizer(model_or_groups: nn.Module | list[dict], config: OptimConfig) -> torch.optim.Optimizer:
+    """The configured optimiser over a module's trainable parameters, or over parameter groups
+    (``{"params": [...], "lr_scale": s, "wd_scale": w}``, as :meth:`Method.param_groups` gives).
+
+    Each group keeps its scales; :class:`Schedule` multiplies the scheduled lr and weight decay by
+    them at every step.
+    """
+    groups = _groups(model_or_groups)
+    for group in groups:
+        group["weight_decay"] = config.weight_decay * group["wd_scale"]
     if config.name == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     if config.name == "lars":
         if config.lars_exclude_1d:
-            groups = [
-                {"params": [p for p in params if p.ndim > 1]},
-                {"params": [p for p in params if p.ndim <= 1], "lars_adapt": False, "weight_decay": 0.0},
-            ]
-            groups = [g for g in groups if g["params"]]
-        else:
-            groups = [{"params": params}]
+            # 1-D parameters (biases, norm affines): neither decay nor adaptation
+            split = []
+            for group in groups:
+                matrices = [p for p in group["params"] if p.ndim > 1]
+                vectors = [p for p in group["params"] if p.ndim <= 1]
+                split.append({**group, "params": matrices})
+                split.append(
+                    {**group, "params": vectors, "lars_adapt": False, "wd_scale": 0.0, "weight_decay": 0.0}
+                )
+            groups = [g for g in split if g["params"]]
         return LARS(
             groups,
             lr=config.lr,
@@ -86,6 +109,42 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
             eta=config.lars_eta,
         )
     raise ValueError(f"unknown optimizer '{config.name}'")
+
+
+class Schedule:
+    """Learning rate and weight decay at every step, written into each parameter group times its
+    ``lr_scale`` / ``wd_scale``.
+
+    The lr follows :func:`lr_at`. The weight decay is constant, or, with
+    ``optim.weight_decay_end``, a cosine from ``weight_decay`` to it over the whole run (DINO,
+    MGC), changing per iteration or per epoch like the lr.
+    """
+
+    def __init__(self, config: OptimConfig, steps_per_epoch: int, epochs: int) -> None:
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+
+    def lr(self, step: int) -> float:
+        return lr_at(self.config, step, self.steps_per_epoch, self.epochs)
+
+    def weight_decay(self, step: int) -> float:
+        cfg = self.config
+        end = cfg.weight_decay_end
+        if end is None:
+            return cfg.weight_decay
+        per_epoch = cfg.schedule_unit == "epoch"
+        position = float(step // self.steps_per_epoch) if per_epoch else step / self.steps_per_epoch
+        progress = min(max(position / max(self.epochs, 1e-12), 0.0), 1.0)
+        return end + (cfg.weight_decay - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Write this step's values into ``optimizer``; returns the base lr."""
+        lr, decay = self.lr(step), self.weight_decay(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["weight_decay"] = decay * group.get("wd_scale", 1.0)
+        return lr
 
 
 def lr_at(config: OptimConfig, step: int, steps_per_epoch: int, epochs: int) -> float:

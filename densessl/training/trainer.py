@@ -26,7 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from densessl.training.checkpoint import (
 )
 from densessl.training.history import MetricsWriter, open_run_log
 from densessl.training.interrupt import StopRequest, quiet_worker
-from densessl.training.optim import build_optimizer, clip_gradients, lr_at
+from densessl.training.optim import Schedule, build_optimizer, clip_gradients
 from densessl.views.dataset import (
     EpochBatchSampler,
     MultiViewDataset,
@@ -95,8 +95,16 @@ RUN_FOLDERS = ("checkpoints", "tensorboard")
 
 
 def build_model(config: ExperimentConfig) -> Method:
-    """The configured method with its backbone (same initialisation for the same seed)."""
-    return build_method(config.method, lambda: backbone_from_config(config.model))
+    """The configured method with its backbone (same initialisation for the same seed).
+
+    The method's backbone factory takes ``model`` fields as overrides, so a method can build its
+    momentum teacher with other arguments (``drop_path_rate=0.0``).
+    """
+
+    def backbone_factory(**overrides: Any):
+        return backbone_from_config(replace(config.model, **overrides))
+
+    return build_method(config.method, backbone_factory)
 
 
 def prepare_views(
@@ -117,6 +125,9 @@ def prepare_views(
         boxes=batch["boxes"].to(device),
         flips=batch["flips"].to(device),
         image_sizes=batch["image_sizes"].to(device),
+        accepted=batch["accepted"].to(device),
+        references=tuple(batch["references"]),
+        targets={k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()},
     )
 
 
@@ -267,6 +278,8 @@ class Trainer:
         self._prepare_run_dir()
         dist.barrier()
         seed_everything(cfg.train.seed)
+        method = build_model(cfg)
+        type(method).check_views([v.crop for v in cfg.views])
         source = parse_source(cfg.data.source, length=cfg.data.synthetic_length)
         dataset = MultiViewDataset(
             source,
@@ -274,14 +287,14 @@ class Trainer:
             seed=cfg.train.seed,
             corrupt=cfg.data.corrupt,
             max_skipped_fraction=cfg.data.max_skipped_fraction,
+            targets=type(method).view_targets(cfg.method),
         )
-        method = build_model(cfg)
         if cfg.train.sync_bn and world > 1:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         method.to(self.device)
         if cfg.train.channels_last:
             method.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(method, cfg.optim)
+        optimizer = build_optimizer(method.param_groups() or method, cfg.optim)
         autocast_dtype = resolve_precision(cfg.train.precision, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None
         model: nn.Module = method
@@ -327,7 +340,7 @@ class Trainer:
                 f"has {len(run.dataset)} (epochs and the schedule would not line up)"
             )
         try:
-            run.method.load_state_dict(ckpt["model"])
+            left_out = run.method.load_checkpoint_state(ckpt["model"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
@@ -335,6 +348,13 @@ class Trainer:
             ) from exc
         if run.scaler is not None and ckpt.get("scaler"):
             run.scaler.load_state_dict(ckpt["scaler"])
+        if left_out:
+            log.warning(
+                "%s is an epoch copy without %s: those buffers start afresh, so the run will not "
+                "reproduce the uninterrupted one exactly",
+                path,
+                ", ".join(left_out),
+            )
         restore_rng_state(ckpt["rng"])
         run.step = int(ckpt["step"])
         run.resumed_from = path
@@ -390,9 +410,7 @@ class Trainer:
         """One optimisation step (its outputs and lr); ``run.step`` counts it once it is complete."""
         cfg = self.config
         step = run.step
-        lr = lr_at(cfg.optim, step, run.steps_per_epoch, cfg.train.epochs)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        lr = Schedule(cfg.optim, run.steps_per_epoch, cfg.train.epochs).apply(run.optimizer, step)
         shared = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step))
         local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
         views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
@@ -538,14 +556,26 @@ class Trainer:
 
     # -- saving ---------------------------------------------------------------------------------
     def _save(self, run: _Run, name: str) -> Path | None:
-        """Write ``last.pt`` (and the epoch file ``name``) on the main process."""
+        """Write ``last.pt`` (full state) and, at epoch ends, the epoch file ``name`` (without the
+        buffers the method leaves out of epoch copies), on the main process."""
         if not self.is_main:
             return None
+        ckpt_dir = self.run_dir / "checkpoints"
+        last = save_atomic(self._state(run, light=False), ckpt_dir / LAST)
+        self._saved_step = run.step
+        if name == LAST:
+            return last
+        if run.method.light_state_exclude:
+            return save_atomic(self._state(run, light=True), ckpt_dir / name)
+        # the same contents: copy rather than serialise again
+        return copy_atomic(last, ckpt_dir / name)
+
+    def _state(self, run: _Run, light: bool) -> dict[str, Any]:
         state = {
             "format": FORMAT,
             "method": self.config.method.name,
             "config": to_dict(self.config),
-            "model": run.method.state_dict(),
+            "model": run.method.checkpoint_state(light=light),
             "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "step": run.step,
@@ -554,13 +584,7 @@ class Trainer:
             "rng": rng_state(),
         }
         state["checksum"] = state_digest(state)
-        ckpt_dir = self.run_dir / "checkpoints"
-        last = save_atomic(state, ckpt_dir / LAST)
-        self._saved_step = run.step
-        if name == LAST:
-            return last
-        # serialise once; the epoch file is a copy
-        return copy_atomic(last, ckpt_dir / name)
+        return state
 
     # -- the whole job --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from densessl.data.base import CorruptImageError, DataError, ImageSource
+from densessl.views.geometry import ViewRecord
 from densessl.views.sampler import ViewSampler, records_to_tensors
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class MultiViewDataset(Dataset):
         corrupt: Literal["skip", "error"] = "skip",
         *,
         max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
+        targets: Callable[[list[ViewRecord], tuple[int, int]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         if len(source) == 0:
             raise DataError("the image source is empty")
@@ -87,6 +89,8 @@ class MultiViewDataset(Dataset):
         self.seed = seed
         self.corrupt = corrupt
         self.max_skipped_fraction = max_skipped_fraction
+        # the method's per-sample targets, computed here so that they run in the loader workers
+        self.targets = targets
         # distinct unreadable files met by this process (bounded by the budget: it raises first)
         self._unreadable: set[str] = set()
 
@@ -117,10 +121,13 @@ class MultiViewDataset(Dataset):
         image, unreadable = self._load(index)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
         crops, records = self.sampler(image, generator)
+        height, width = int(image.shape[1]), int(image.shape[2])
         return {
             "crops": crops,
             **records_to_tensors(records),
-            "image_size": torch.tensor(image.shape[1:]),
+            "references": tuple(r.reference for r in records),
+            "targets": self.targets(records, (height, width)) if self.targets is not None else {},
+            "image_size": torch.tensor([height, width]),
             "skipped": len(unreadable),
             "unreadable": unreadable,
         }
@@ -129,13 +136,20 @@ class MultiViewDataset(Dataset):
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack per-view crops into (B, 3, H, W) uint8 batches and the geometry into tensors.
 
-    ``skipped`` sums the images passed over; ``unreadable`` lists the distinct files behind them.
+    Every field of the view records survives: ``boxes``, ``flips`` and ``accepted`` as (B, V, ...)
+    tensors, ``references`` (the same for every sample: the recipe fixes it) as one tuple. The
+    method's ``targets`` are stacked key by key. ``skipped`` sums the images passed over;
+    ``unreadable`` lists the distinct files behind them.
     """
     num_views = len(samples[0]["crops"])
+    first = samples[0]
     return {
         "crops": [torch.stack([s["crops"][v] for s in samples]) for v in range(num_views)],
         "boxes": torch.stack([s["boxes"] for s in samples]),
         "flips": torch.stack([s["flips"] for s in samples]),
+        "accepted": torch.stack([s["accepted"] for s in samples]),
+        "references": first.get("references", ()),
+        "targets": {k: torch.stack([s["targets"][k] for s in samples]) for k in first.get("targets", {})},
         "image_sizes": torch.stack([s["image_size"] for s in samples]),
         "skipped": sum(s["skipped"] for s in samples),
         "unreadable": sorted({path for s in samples for path in s.get("unreadable", ())}),

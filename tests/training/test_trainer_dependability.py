@@ -325,3 +325,25 @@ def test_the_skip_budget_counts_distinct_unreadable_files_of_the_run(tmp_path, w
             config(f"data.source=folder:{images}", *tiny, "data.max_skipped_fraction=0.1"), tmp_path / "no"
         ).fit()
     assert "\n" not in str(info.value)
+
+
+def test_epoch_copies_leave_out_the_buffers_the_method_names_and_last_keeps_them(
+    tmp_path, monkeypatch, caplog
+):
+    from densessl.methods.densecl import DenseCL
+
+    monkeypatch.setattr(DenseCL, "light_state_exclude", ("dense_queue.",))
+    Trainer(config("train.max_steps=8", "train.checkpoint_every=1"), tmp_path).fit()
+    epoch = load_checkpoint(tmp_path / "checkpoints/epoch_0001.pt")
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert {"dense_queue.keys", "dense_queue.ptr"} <= set(last["model"])
+    assert not any(k.startswith("dense_queue.") for k in epoch["model"])
+    assert "queue.keys" in epoch["model"] and epoch["step"] == 6
+    # a resume from the epoch copy works, keeps the buffer it had and says it is not exact
+    (tmp_path / "checkpoints/last.pt").unlink()
+    with caplog.at_level(logging.WARNING):
+        result = Trainer(
+            config("train.max_steps=8", "train.checkpoint_every=1"), tmp_path, resume="auto"
+        ).fit()
+    assert result["step"] == 8
+    assert any("dense_queue.keys" in r.getMessage() and "not" in r.getMessage() for r in caplog.records)
