@@ -6,8 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from densessl.models.backbones import build_backbone
+from densessl.config import ModelConfig
+from densessl.models.backbones import ResNetBackbone, backbone_from_config, build_backbone
 from densessl.models.momentum import momentum_at
+from densessl.models.vit import ViTBackbone
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet101"])
@@ -32,6 +34,61 @@ def test_width_scales_channels_but_keeps_names():
     half = build_backbone("resnet18", width=0.5)
     assert half.layer1[0].conv1.weight.shape[0] == 32 and half.out_channels == 256
     assert set(half.state_dict()) == set(build_backbone("resnet18").state_dict())
+
+
+def test_one_builder_for_both_families_ignoring_the_other_familys_arguments():
+    vit = build_backbone("vit_tiny", patch_size=8, img_size=32, num_heads=4, small_input=True, width=0.5)
+    assert isinstance(vit, ViTBackbone)
+    assert (vit.patch_size, vit.num_heads, vit.out_channels) == (8, 4, 192)
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 192, 4, 4)
+    resnet = build_backbone("resnet18", small_input=True, width=0.25, patch_size=8, drop_path_rate=0.3)
+    assert isinstance(resnet, ResNetBackbone)
+    assert resnet.out_channels == 128 and isinstance(resnet.maxpool, torch.nn.Identity)
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet9'.*resnet18.*vit_small"):
+        build_backbone("resnet9")
+
+
+def test_model_config_adapter_gives_every_builder_argument():
+    import inspect
+
+    assert set(ModelConfig().backbone_kwargs()) == set(inspect.signature(build_backbone).parameters)
+    with pytest.raises(TypeError, match="not a model field: depth"):
+        ModelConfig().backbone_kwargs(depth=3)
+
+
+def test_the_builder_passes_every_argument_on():
+    # same seed, same weights as the classes built directly: nothing dropped or defaulted on the way
+    model = ModelConfig(arch="resnet18", small_input=True, width=0.25, zero_init_residual=True)
+    torch.manual_seed(0)
+    built = build_backbone(**model.backbone_kwargs())
+    torch.manual_seed(0)
+    direct = ResNetBackbone("resnet18", small_input=True, width=0.25, zero_init_residual=True)
+    torch.manual_seed(0)
+    shim = backbone_from_config(model)
+    for other in (direct, shim):
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in built.state_dict().items())
+    assert not built.layer1[0].bn2.weight.any()  # zero_init_residual reached torchvision
+
+    vit = ModelConfig(arch="vit_tiny", patch_size=8, img_size=32, num_heads=4, drop_path_rate=0.2)
+    torch.manual_seed(0)
+    built = build_backbone(**vit.backbone_kwargs())
+    torch.manual_seed(0)
+    direct = ViTBackbone("vit_tiny", patch_size=8, img_size=32, num_heads=4, drop_path_rate=0.2)
+    assert all(torch.equal(v, direct.state_dict()[k]) for k, v in built.state_dict().items())
+    assert built.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+
+
+def test_overrides_build_a_teacher_with_other_arguments():
+    model = ModelConfig(arch="vit_tiny", patch_size=8, img_size=32, drop_path_rate=0.2)
+    torch.manual_seed(0)
+    student = build_backbone(**model.backbone_kwargs())
+    torch.manual_seed(0)
+    teacher = build_backbone(**model.backbone_kwargs(drop_path_rate=0.0))
+    assert model.drop_path_rate == 0.2  # the recipe's section is not changed by an override
+    assert student.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+    assert isinstance(teacher.blocks[-1].drop_path1, torch.nn.Identity)
+    # drop path holds no weights: the teacher can be loaded from the student as it is
+    teacher.load_state_dict(student.state_dict())
 
 
 def test_momentum_schedules():
