@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from densessl import distributed as dist
-from densessl.augment import apply_photometric, normalize
+from densessl.augment import augment_view
 from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
 from densessl.data.sources import parse_source
 from densessl.errors import DataError, TrainingError
@@ -117,8 +117,7 @@ def prepare_views(
     """Move a collated batch to ``device`` and run each view's photometric augmentation there."""
     images = []
     for crops, view in zip(batch["crops"], views, strict=True):
-        x = crops.to(device, non_blocking=True).float().div_(255.0)
-        x = normalize(apply_photometric(x, view.photometric, generator))
+        x = augment_view(crops.to(device, non_blocking=True), view.photometric, generator)
         images.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     return Views(
         images=images,
