@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,10 @@ def state_of(model: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return backbone.state_dict()
 
 
-def densessl_checkpoint(path: Path, recipe: str, overrides: list[str]) -> nn.Module:
+def densessl_checkpoint(
+    path: Path, recipe: str, overrides: list[str], prepare: Callable[[nn.Module], None] | None = None
+) -> nn.Module:
+    """A training checkpoint of ``recipe`` at ``path``; ``prepare`` edits the method before it is saved."""
     config = load_config(ROOT / "densessl/recipes" / recipe, overrides)
     torch.manual_seed(0)
     method = build_model(config)
@@ -38,6 +42,8 @@ def densessl_checkpoint(path: Path, recipe: str, overrides: list[str]) -> nn.Mod
         for p in method.parameters():
             if not p.requires_grad:
                 p.add_(0.01)
+        if prepare is not None:
+            prepare(method)
     ckpt = {"format": FORMAT, "config": to_dict(config), "model": method.state_dict(), "step": 7, "epoch": 1}
     torch.save(ckpt, path)
     return method

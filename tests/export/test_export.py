@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -195,3 +197,52 @@ def test_a_vit_at_another_resolution_is_not_timms_standard():
     assert not standard and "VisionTransformer(img_size=96, patch_size=16, embed_dim=384" in load_with
     # MGC's ViT-S has 8 heads: same weights as timm's 6-head model, another network
     assert architecture_check(VIT_S, "timm")[0] is False and architecture_check(VIT_S, "vit")[0] is True
+
+
+def detectron2_norm_name(module: str) -> str:
+    """detectron2's name of a torchvision ResNet batch norm, spelled out from its ResNet
+    (stem.conv1, res2..res5 for layer1..layer4, convK.norm for bnK, shortcut for downsample)."""
+    if module == "bn1":
+        return "stem.conv1.norm"
+    stage, block, rest = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", module).groups()
+    prefix = f"res{int(stage) + 1}.{block}"
+    if rest == "downsample.1":
+        return f"{prefix}.shortcut.norm"
+    return f"{prefix}.conv{rest.removeprefix('bn')}.norm"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_detectron2_export_puts_every_batch_norms_statistics_under_its_own_name(tmp_path, arch):
+    norms: dict[str, nn.BatchNorm2d] = {}
+
+    def trained_statistics(method: nn.Module) -> None:
+        # distinct everywhere: integer part = (layer, tensor), fraction = channel, so a value
+        # found under the wrong name or channel cannot match by accident
+        modules = method.export_encoder().named_modules()
+        norms.update((n, m) for n, m in modules if isinstance(m, nn.BatchNorm2d))
+        for j, bn in enumerate(norms.values()):
+            channel = torch.arange(bn.num_features) / (2 * bn.num_features)
+            for t, tensor in enumerate((bn.weight, bn.bias, bn.running_mean, bn.running_var)):
+                tensor.copy_(4 * j + t + 1 + channel)
+
+    overrides = [f"model.arch={arch}", "model.small_input=false", "model.width=0.25", "method.queue_size=16"]
+    densessl_checkpoint(tmp_path / "ckpt.pt", "quick/mocov2_synthetic.yaml", overrides, trained_statistics)
+    export(tmp_path / "ckpt.pt", tmp_path / "d2.pkl", to="detectron2")
+    with open(tmp_path / "d2.pkl", "rb") as f:
+        d2 = pickle.load(f)["model"]
+
+    expected = {detectron2_norm_name(name) for name in norms}
+    assert {k.rsplit(".", 1)[0] for k in d2 if ".norm." in k} == expected
+    params = ("weight", "bias", "running_mean", "running_var")
+    for name, bn in norms.items():
+        target = detectron2_norm_name(name)
+        for p in params:
+            assert np.array_equal(d2[f"{target}.{p}"], getattr(bn, p).detach().numpy()), f"{name}.{p}"
+        # detectron2's FrozenBatchNorm2d keeps the four tensors as they are and computes
+        # F.batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=1e-5)
+        # (detectron2/layers/batch_norm.py): the file must hold raw statistics, not folded ones,
+        # and the backbone's eps must be detectron2's
+        x = torch.randn(2, bn.num_features, 3, 3)
+        weight, bias, mean, var = (torch.from_numpy(d2[f"{target}.{p}"]) for p in params)
+        frozen = F.batch_norm(x, mean, var, weight, bias, training=False, eps=1e-5)
+        torch.testing.assert_close(frozen, bn.eval()(x), rtol=1e-6, atol=1e-6)

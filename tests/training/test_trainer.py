@@ -55,6 +55,27 @@ def test_resumed_run_continues_the_same_numbers(tmp_path):
     assert "densecl" in saved and "max_steps: 8" in saved
 
 
+def test_a_resume_starts_at_the_checkpoints_step_and_says_so(tmp_path):
+    # A run is deterministic, so a resume that silently started from scratch would log the very
+    # same losses: what gives it away is the step it starts at and the history it rewrites.
+    run = tmp_path / "run"
+    Trainer(load_config(QUICK, [*TINY, "train.max_steps=4"]), run).fit()
+    before = (run / "metrics.jsonl").read_text().splitlines()
+    resumed = Trainer(load_config(QUICK, [*TINY, "train.max_steps=8"]), run, resume="auto").fit()
+    assert resumed["step"] == 8 and resumed["last_metrics"]["step"] == 8
+    after = (run / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in after]
+    assert steps == list(range(1, 9)), "each step logged once, in order"
+    # the first four records are the first run's own lines: their wall-clock fields
+    # (images_per_s) would differ had the resumed run trained those steps again
+    assert after[:4] == before
+    log = (run / "run.log").read_text()
+    checkpoint = run / "checkpoints" / "last.pt"
+    assert log.count("new run") == 1 and log.count("resuming from") == 1
+    assert f"resuming from {checkpoint} at step 4" in log
+    assert log.index("new run") < log.index("resuming from")
+
+
 def write_folder(root: Path, good: int = 12) -> None:
     rng = np.random.default_rng(0)
     (root / "sub").mkdir(parents=True)

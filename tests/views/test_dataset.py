@@ -1,5 +1,5 @@
-"""MultiViewDataset under data.corrupt=skip: the skip budget, and substitutes that do not depend
-on the worker."""
+"""MultiViewDataset and EpochBatchSampler: the skip budget and substitutes that do not depend on the
+worker; each process's slice of every global batch; crops that change with the epoch, not the process."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from densessl.data import DataError
 from densessl.data.sources import FolderSource
-from densessl.views.dataset import MultiViewDataset, collate_views
+from densessl.views.dataset import EpochBatchSampler, MultiViewDataset, collate_views
 from densessl.views.sampler import CropSpec, ViewSampler
 
 
@@ -115,3 +115,83 @@ def test_check_skip_budget_bounds():
     check_skip_budget(0, 10, 0.0)
     with pytest.raises(DataError):
         check_skip_budget(1, 10, 0.0)
+
+
+class NoiseImages:
+    """``count`` random images of one size, addressed by index like any image source."""
+
+    def __init__(self, count: int, height: int = 40, width: int = 48) -> None:
+        rng = np.random.default_rng(0)
+        self.images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def describe(self, index: int) -> str:
+        return f"noise:{index}"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_process_takes_its_own_slice_of_every_global_batch(world):
+    size, per_process, epochs = 50, 4, 3
+    single = list(EpochBatchSampler(size, per_process * world, 1, 0, 7, epochs))
+    ranks = [list(EpochBatchSampler(size, per_process, world, r, 7, epochs)) for r in range(world)]
+    assert len(single) == epochs * (size // (per_process * world))
+    assert all(len(batches) == len(single) for batches in ranks)
+    for step, global_batch in enumerate(single):
+        slices = [batches[step] for batches in ranks]
+        assert all(len(s) == per_process for s in slices)
+        # disjoint slices in rank order that together are the one-process batch: the global
+        # batch does not depend on how many processes share it
+        assert sum(slices, []) == global_batch, step
+    per_epoch = len(single) // epochs
+    orders = []
+    for epoch in range(epochs):
+        keys = sum(single[epoch * per_epoch : (epoch + 1) * per_epoch], [])
+        assert {e for e, _ in keys} == {epoch}
+        indices = [i for _, i in keys]
+        assert len(set(indices)) == len(indices), "an image seen twice in one epoch"
+        orders.append(indices)
+    assert len({tuple(order) for order in orders}) == epochs, "every epoch has its own order"
+
+
+def test_a_sampler_started_at_a_step_continues_the_same_sequence():
+    full = list(EpochBatchSampler(30, 4, 2, 1, seed=3, epochs=3))
+    for start in (0, 1, 3, 5, 7, len(full)):
+        assert list(EpochBatchSampler(30, 4, 2, 1, seed=3, epochs=3, start_step=start)) == full[start:]
+
+
+def test_crops_change_with_the_epoch_and_not_with_the_process():
+    source = NoiseImages(12)
+    dataset = MultiViewDataset(source, sampler(), seed=5)
+    # another process (or loader worker) builds its own dataset from the same config
+    elsewhere = MultiViewDataset(source, sampler(), seed=5)
+    for index in range(len(source)):
+        a, again = dataset[(0, index)], elsewhere[(0, index)]
+        assert torch.equal(a["boxes"], again["boxes"]) and torch.equal(a["flips"], again["flips"])
+        assert all(torch.equal(x, y) for x, y in zip(a["crops"], again["crops"], strict=True))
+    boxes = {epoch: [dataset[(epoch, i)]["boxes"] for i in range(len(source))] for epoch in (0, 1)}
+    changed = sum(not torch.equal(b0, b1) for b0, b1 in zip(boxes[0], boxes[1], strict=True))
+    assert changed >= len(source) - 1, f"only {changed} of {len(source)} images got new crops"
+    # images of the same size get their own crops within an epoch too
+    assert len({tuple(b.flatten().tolist()) for b in boxes[0]}) >= len(source) - 1
+
+
+def test_the_processes_batches_put_together_are_the_one_process_batch():
+    source = NoiseImages(24)
+    dataset = MultiViewDataset(source, sampler(), seed=1)
+
+    def batches(world: int, rank: int) -> list[dict]:
+        keys = EpochBatchSampler(len(source), 8 // world, world, rank, seed=1, epochs=2)
+        return list(DataLoader(dataset, batch_sampler=keys, collate_fn=collate_views))
+
+    single, first, second = batches(1, 0), batches(2, 0), batches(2, 1)
+    assert len(single) == len(first) == len(second) == 6
+    for whole, a, b in zip(single, first, second, strict=True):
+        assert not torch.equal(a["boxes"], b["boxes"]), "two processes were given the same crops"
+        assert torch.equal(torch.cat([a["boxes"], b["boxes"]]), whole["boxes"])
+        for view in range(2):
+            assert torch.equal(torch.cat([a["crops"][view], b["crops"][view]]), whole["crops"][view])

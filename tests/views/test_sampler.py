@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from densessl.views.geometry import crop_view
+from densessl.views.geometry import Box, crop_view
 from densessl.views.sampler import CropSpec, ViewSampler, records_to_tensors
 
 
@@ -55,3 +55,36 @@ def test_view_sampler_slotcon_mgc_revisited() -> None:
 
     with pytest.raises(ValueError):
         ViewSampler([CropSpec(8, reference=0)])
+
+
+def source_extent(crop: torch.Tensor) -> Box:
+    """The source pixels a crop of a coordinate image shows, read from its pixels alone."""
+    xs, ys = crop[0].int(), crop[1].int()
+    left, top = int(xs.min()), int(ys.min())
+    return Box(left, top, int(xs.max()) - left + 1, int(ys.max()) - top + 1)
+
+
+def test_small_crops_overlap_the_view_they_are_constrained_to_in_their_pixels():
+    # revisited MoCo's layout: small crops constrained to view 1 (the key), not to view 0; the
+    # two large views are small enough to lie apart, so overlapping the wrong one shows
+    img = _coord_image(180, 240)
+    large = CropSpec(40, scale=(0.1, 0.3))
+    small = CropSpec(16, scale=(0.05, 0.14), reference=1, threshold=0.1)
+    sampler = ViewSampler([large, large, small, small, small, small])
+    accepted = apart = 0
+    for seed in range(60):
+        crops, recs = sampler(img, torch.Generator().manual_seed(seed))
+        key = source_extent(crops[1])
+        apart += recs[0].box.intersection(recs[1].box) == 0
+        for crop, rec in zip(crops[2:], recs[2:], strict=True):
+            assert rec.reference == 1
+            if not rec.accepted:
+                continue
+            accepted += 1
+            # the recorded boxes obey the rule (sampled area within rounding of w*h) ...
+            assert rec.box.intersection(recs[1].box) >= 0.1 * rec.box.area * 0.95, seed
+            # ... and so do the pixels: a resized crop's border pixels average a few source
+            # pixels inwards, so its extent read back is a little smaller than its box
+            assert source_extent(crop).intersection(key) >= 0.05 * rec.box.area, seed
+    assert accepted >= 0.8 * 60 * 4
+    assert apart >= 5, "the test needs large views that do not overlap"
