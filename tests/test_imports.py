@@ -70,11 +70,6 @@ def test_the_config_loads_no_method_nor_model(config_modules: list[str]) -> None
     assert [m for m in config_modules if m in METHOD_MODULES or m.startswith("densessl.models")] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="densessl.augment (PhotometricConfig and the pipeline dataclasses read by config.py) "
-    "imports torch; their move into a torch-free module is left to the augmentation rework",
-)
 def test_the_config_loads_no_torch(config_modules: list[str]) -> None:
     assert [m for m in HEAVY if m in config_modules] == []
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from densessl.augment.spec import MOCO_V2, SLOTCON_VIEW1, SLOTCON_VIEW2, PhotometricConfig
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -60,48 +61,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
-
-
-@dataclass(frozen=True)
-class PhotometricConfig:
-    """Probabilities and ranges of the photometric augmentations (defaults: MoCo-v2 "aug+").
-
-    Attributes:
-        jitter_p: probability of applying colour jitter.
-        brightness, contrast, saturation: jitter strength ``v``; the factor is uniform in
-            ``[max(0, 1 - v), 1 + v]``; 0 disables the op (as in ``ColorJitter``).
-        hue: hue shift uniform in ``[-hue, hue]`` (at most 0.5); 0 disables it.
-        grayscale_p: probability of converting to 3-channel grayscale.
-        blur_p: probability of a Gaussian blur.
-        blur_sigma: range of the blur standard deviation in pixels, sampled uniformly.
-            MoCo's PIL ``GaussianBlur(radius=sigma)`` is a Gaussian of std ``sigma`` and was
-            tuned for 224 px crops.
-        blur_sigma_scale: multiplies the sampled sigma; set it to ``image_size / 224`` to keep
-            the blur's relative strength on smaller crops (e.g. 96 / 224). Default 1.0.
-        solarize_p: probability of solarizing.
-        solarize_threshold: pixels ``>= threshold`` are inverted. 0.5 on ``[0, 1]`` floats is the
-            same as PIL's threshold 128 on images that came from uint8 (128/255 > 0.5 > 127/255).
-    """
-
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_sigma_scale: float = 1.0
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
-
-
-MOCO_V2 = PhotometricConfig()
-"""MoCo-v2 aug+ (also DenseCL and the revisited-MoCo key crop): symmetric."""
-SLOTCON_VIEW1 = PhotometricConfig(saturation=0.2, blur_p=1.0)
-"""SlotCon / MGC view 1: saturation 0.2, blur always, no solarize."""
-SLOTCON_VIEW2 = PhotometricConfig(saturation=0.2, blur_p=0.1, solarize_p=0.2)
-"""SlotCon / MGC view 2: saturation 0.2, blur 0.1, solarize 0.2."""
 
 
 # --------------------------------------------------------------------------------------------
