@@ -1,4 +1,4 @@
-"""Backbones keep torchvision's names and give the promised map sizes; teacher momentum schedules."""
+"""Backbones keep torchvision's names and give the promised map sizes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torchvision
 
 from densessl.config import ModelConfig
 from densessl.models.backbones import ResNetBackbone, backbone_from_config, build_backbone
-from densessl.models.momentum import momentum_at
 from densessl.models.vit import ViTBackbone
 
 
@@ -89,10 +88,3 @@ def test_overrides_build_a_teacher_with_other_arguments():
     assert isinstance(teacher.blocks[-1].drop_path1, torch.nn.Identity)
     # drop path holds no weights: the teacher can be loaded from the student as it is
     teacher.load_state_dict(student.state_dict())
-
-
-def test_momentum_schedules():
-    assert momentum_at("constant", 0.999, 50, 100) == 0.999
-    assert momentum_at("cosine", 0.99, 0, 100) == pytest.approx(0.99)
-    assert momentum_at("cosine", 0.99, 50, 100) == pytest.approx(0.995)
-    assert momentum_at("cosine", 0.99, 100, 100) == pytest.approx(1.0)

@@ -1,10 +1,11 @@
-"""Momentum teachers: copied, or built with other arguments and loaded from the student."""
+"""Momentum teachers: copied, or built with other arguments and loaded from the student; their schedules."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from densessl.models.momentum import ema_update, momentum_copy
+from densessl.models.momentum import ema_update, momentum_at, momentum_copy
 from densessl.models.vit import ViTBackbone
 
 
@@ -50,3 +51,10 @@ def test_ema_update_moves_the_teacher_toward_the_student():
     before = teacher.weight.clone()
     ema_update(teacher, student, 0.9)
     torch.testing.assert_close(teacher.weight, 0.9 * before + 0.1 * student.weight)
+
+
+def test_momentum_schedules():
+    assert momentum_at("constant", 0.999, 50, 100) == 0.999
+    assert momentum_at("cosine", 0.99, 0, 100) == pytest.approx(0.99)
+    assert momentum_at("cosine", 0.99, 50, 100) == pytest.approx(0.995)
+    assert momentum_at("cosine", 0.99, 100, 100) == pytest.approx(1.0)
