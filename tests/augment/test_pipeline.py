@@ -161,7 +161,8 @@ MISTAKES = [
      " (did you mean 'imagenet'?)"),
     ({"choice": [AA, {"hue_": 0.1}]}, "unknown key 'views.0.photometric.choice.1.hue_'"),
     ({"choice": [AA], "p": [0.5, 0.5]}, "views.0.photometric: p must have one weight per pipeline (1)"),
-    ({"choice": [AA, {"hue": 0.7}]}, "views.0.photometric.choice.1.hue must be a number in [0, 0.5]"),
+    # the second colour step of a view is checked too
+    ({"choice": [{"hue": 0}, {"hue": 0.7}]}, "views.0.photometric.choice.1.hue must be a number in [0, 0.5]"),
     ([AA, {"grayscale_p": 2}], "views.0.photometric.1.grayscale_p must be a number in [0, 1]"),
     ([{"blur_p": 1.0}, AA], "views.0.photometric.1: AutoAugment works on uint8 images"),
 ]
