@@ -14,6 +14,7 @@ from PIL import Image
 
 from densessl.methods import Step
 from densessl.methods.slotcon import (
+    SemanticGrouping,
     SlotCon,
     SlotConConfig,
     active_slots,
@@ -273,3 +274,20 @@ def test_a_short_run_on_a_folder_of_elongated_photos(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert min(r["overlap_fraction"] for r in rows) < 1.0  # the case under test did occur
+
+
+def test_semantic_grouping_equals_its_formula():
+    torch.manual_seed(0)
+    grouping = SemanticGrouping(num_prototypes=3, dim=4, temperature=0.07)
+    z = torch.randn(2, 4, 2, 3)
+    slots, scores = grouping(z)
+    protos = F.normalize(grouping.prototypes.weight, dim=1)
+    for b in range(2):
+        pixels = z[b].flatten(1).T
+        cosine = F.normalize(pixels, dim=1) @ protos.T
+        assert torch.allclose(scores[b].flatten(1).T, cosine, atol=1e-6)
+        # each pixel shares itself among the prototypes; a slot averages the raw pixels it got
+        attention = (cosine / 0.07).softmax(dim=1) + 1e-6
+        for k in range(3):
+            expected = (attention[:, k : k + 1] * pixels).sum(0) / attention[:, k].sum()
+            assert torch.allclose(slots[b, k], expected, atol=1e-5), (b, k)

@@ -28,3 +28,12 @@ def test_queue_ring_buffer_wraps_and_overwrites_oldest():
     assert int(queue.ptr) == 1
     queue.push(torch.full((7, 2), 9.0))  # more rows than the queue: keep the last 5
     assert queue.keys[:, 0].tolist() == [9.0] * 5
+
+
+def test_a_push_larger_than_the_queue_keeps_its_newest_rows_in_order():
+    queue = NegativeQueue(dim=1, size=5)
+    queue.push(torch.zeros(2, 1))
+    queue.push(torch.arange(7, dtype=torch.float32).view(7, 1))
+    # rows 2..6 survive, written from the pointer (2) on and wrapped around
+    assert queue.keys[:, 0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
+    assert int(queue.ptr) == 2

@@ -96,6 +96,20 @@ def test_constrained_threshold_honoured_and_fallback() -> None:
         assert ok and box.iou(ref) > 0.2
 
 
+def test_the_intersection_rule_compares_with_the_sampled_area_not_the_references() -> None:
+    # a reference smaller than most crops: against its own area the rule would accept crops that
+    # hold it whole yet cover little of themselves
+    ref = Box(100, 100, 120, 120)
+    accepted = 0
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        box, ok = sample_constrained_crop(480, 640, (0.05, 0.3), RATIO, ref, "intersection", 0.3, g)
+        if ok:
+            accepted += 1
+            assert box.intersection(ref) >= 0.3 * box.area * 0.95, seed
+    assert accepted > 20
+
+
 def test_constrained_impossible_constraint_falls_back() -> None:
     ref = Box(0, 0, 1, 1)
     g = torch.Generator().manual_seed(0)
@@ -150,6 +164,12 @@ def test_overlap_boxes_hand_made() -> None:
     assert box_a == pytest.approx((0.25, 0.2, 0.85, 1.0))
     assert box_b == pytest.approx((0.0, 0.0, 1.0, 0.5))
     assert overlap_boxes(a, _rec(100, 0, 50, 50)) is None
+    # crops that only touch share no pixel: no overlap box, and not valid in the batched form
+    touching = _rec(100, 20, 50, 50)
+    rows = [[r.box.left, r.box.top, r.box.width, r.box.height] for r in (a, touching)]
+    boxes = torch.tensor(rows)
+    _, _, valid = overlap_boxes_batch(boxes[:1], torch.tensor([False]), boxes[1:], torch.tensor([False]))
+    assert valid.tolist() == [False]
 
 
 def _to_source(rec: ViewRecord, u: float, v: float) -> tuple[float, float]:

@@ -88,3 +88,11 @@ def test_small_crops_overlap_the_view_they_are_constrained_to_in_their_pixels():
             assert source_extent(crop).intersection(key) >= 0.05 * rec.box.area, seed
     assert accepted >= 0.8 * 60 * 4
     assert apart >= 5, "the test needs large views that do not overlap"
+
+
+@pytest.mark.parametrize("flip_p,low,high", [(0.0, 0, 0), (1.0, 200, 200), (0.2, 25, 60)])
+def test_views_are_flipped_with_their_probability(flip_p, low, high):
+    sampler = ViewSampler([CropSpec(8, flip_p=flip_p)])
+    img = _coord_image()
+    flips = sum(sampler(img, torch.Generator().manual_seed(seed))[1][0].flipped for seed in range(200))
+    assert low <= flips <= high
