@@ -17,6 +17,7 @@ from torch import nn
 # the registry lived here; re-exported so that ``from densessl.methods.base import register`` still works
 from densessl.methods.registry import METHODS, build_method, register  # noqa: F401
 from densessl.models.backbones import Backbone
+from densessl.models.momentum import MomentumSchedule, momentum_at
 
 
 @dataclass
@@ -61,13 +62,16 @@ class Step:
     """Where training stands, for schedules that live inside a method (teacher momentum).
 
     ``generator`` is seeded identically on every process for this step (shuffle-BN needs the
-    same permutation everywhere).
+    same permutation everywhere). ``momentum`` is this step's teacher momentum as the trainer's
+    schedule gives it (None outside the trainer: :meth:`Method.momentum_for` then evaluates the
+    method's own :meth:`Method.teacher_momentum` schedule at this step).
     """
 
     step: int
     total_steps: int
     epoch: int
     generator: torch.Generator
+    momentum: float | None = None
 
 
 #: builds the configured backbone; keyword arguments override model config fields (a teacher
@@ -131,6 +135,21 @@ class Method(nn.Module):
             self.load_state_dict(state, strict=True)  # raises, naming the keys
         self.load_state_dict(state, strict=not left_out)
         return left_out
+
+    def teacher_momentum(self) -> MomentumSchedule | None:
+        """The schedule of the EMA teacher's momentum, which the trainer's
+        :class:`~densessl.training.optim.Schedule` evaluates at every step; None without a teacher."""
+        return None
+
+    def momentum_for(self, step: Step) -> float:
+        """This step's teacher momentum: the trainer's value, or the method's schedule at ``step``."""
+        if step.momentum is not None:
+            return step.momentum
+        schedule = self.teacher_momentum()
+        if schedule is None:
+            raise ValueError(f"{self.name} declares no teacher momentum schedule")
+        # a Step made outside the trainer knows no epoch length: evaluated per iteration
+        return momentum_at(schedule.kind, schedule.base, step.step, step.total_steps)
 
     def param_groups(self) -> list[dict[str, Any]] | None:
         """Parameter groups for the optimiser, each ``{"params": [...], "lr_scale": s,

@@ -19,7 +19,7 @@ from densessl.methods.base import BackboneFactory, Method, Step, Views, register
 from densessl.methods.configs import DenseCLConfig
 from densessl.models.backbones import Backbone
 from densessl.models.heads import DenseHead, GlobalHead
-from densessl.models.momentum import ema_update, momentum_at, momentum_copy
+from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
 
 
@@ -80,12 +80,15 @@ class DenseCL(Method):
         self.queue = NegativeQueue(config.dim, config.queue_size)
         self.dense_queue = NegativeQueue(config.dim, config.queue_size)
 
+    def teacher_momentum(self) -> MomentumSchedule:
+        return MomentumSchedule(self.config.momentum_schedule, self.config.momentum)
+
     def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         q_features, q_global, q_dense = self.encoder_q(views.images[0])
         q_global = F.normalize(q_global, dim=1)
         with torch.no_grad():
-            m = momentum_at(cfg.momentum_schedule, cfg.momentum, step.step, step.total_steps)
+            m = self.momentum_for(step)
             ema_update(self.encoder_k, self.encoder_q, m)
             k_features, k_global, k_dense = shuffle_bn_forward(
                 self.encoder_k, views.images[1], step.generator, cfg.shuffle_bn_groups

@@ -17,7 +17,7 @@ from densessl.methods.base import BackboneFactory, Method, Step, Views, register
 from densessl.methods.configs import MoCoV2Config
 from densessl.models.backbones import Backbone
 from densessl.models.heads import GlobalHead
-from densessl.models.momentum import ema_update, momentum_at, momentum_copy
+from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
 from densessl.models.queue import NegativeQueue, queue_infonce
 
 
@@ -46,12 +46,15 @@ class MoCoV2(Method):
         self.encoder_k = momentum_copy(self.encoder_q)
         self.queue = NegativeQueue(config.dim, config.queue_size)
 
+    def teacher_momentum(self) -> MomentumSchedule:
+        return MomentumSchedule(self.config.momentum_schedule, self.config.momentum)
+
     def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         _, q = self.encoder_q(views.images[0])
         q = F.normalize(q, dim=1)
         with torch.no_grad():
-            m = momentum_at(cfg.momentum_schedule, cfg.momentum, step.step, step.total_steps)
+            m = self.momentum_for(step)
             ema_update(self.encoder_k, self.encoder_q, m)
             _, k = shuffle_bn_forward(self.encoder_k, views.images[1], step.generator, cfg.shuffle_bn_groups)
             k = F.normalize(k.float(), dim=1)

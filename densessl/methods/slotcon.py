@@ -30,7 +30,7 @@ from densessl.distributed import all_gather, all_reduce_mean, rank
 from densessl.methods.base import BackboneFactory, Method, Step, ViewRole, Views, register
 from densessl.methods.configs import SlotConConfig
 from densessl.models.heads import build_mlp
-from densessl.models.momentum import ema_update, momentum_at, momentum_copy
+from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
 from densessl.views.geometry import overlap_boxes_batch
 
 
@@ -184,6 +184,9 @@ class SlotCon(Method):
     def _teacher(self) -> list[nn.Module]:
         return [self.encoder_k, self.projector_k, self.grouping_k]
 
+    def teacher_momentum(self) -> MomentumSchedule:
+        return MomentumSchedule("cosine", self.config.teacher_momentum)
+
     def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         x1, x2 = views.images[0], views.images[1]
@@ -195,7 +198,7 @@ class SlotCon(Method):
         slots_q1, scores_q1 = self.grouping_q(self.projector_q(self.encoder_q(x1)))
         slots_q2, scores_q2 = self.grouping_q(self.projector_q(self.encoder_q(x2)))
         with torch.no_grad():
-            m = momentum_at("cosine", cfg.teacher_momentum, step.step, step.total_steps)
+            m = self.momentum_for(step)
             for teacher, student in zip(self._teacher(), self._student(), strict=True):
                 ema_update(teacher, student, m)
             slots_k1, scores_k1 = self.grouping_k(self.projector_k(self.encoder_k(x1)))

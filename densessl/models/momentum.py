@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -44,6 +45,16 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError("teacher and student have different parameter lists")
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+@dataclass(frozen=True)
+class MomentumSchedule:
+    """How a method's teacher momentum moves: ``kind`` from ``base`` (see :func:`momentum_at`),
+    re-evaluated every iteration or once per epoch."""
+
+    kind: Literal["constant", "cosine"]
+    base: float
+    unit: Literal["iteration", "epoch"] = "iteration"
 
 
 def momentum_at(schedule: Literal["constant", "cosine"], base: float, step: int, total_steps: int) -> float:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from densessl.config import OptimConfig
+from densessl.models.momentum import MomentumSchedule, momentum_at
 
 
 class LARS(torch.optim.Optimizer):
@@ -112,12 +113,14 @@ def build_optimizer(model_or_groups: nn.Module | list[dict], config: OptimConfig
 
 
 class Schedule:
-    """Learning rate and weight decay at every step, written into each parameter group times its
-    ``lr_scale`` / ``wd_scale``.
+    """Every value that moves during training, at every step: learning rate and weight decay
+    (written into each parameter group times its ``lr_scale`` / ``wd_scale``) and the teacher
+    momentum (handed to the method through :class:`~densessl.methods.base.Step`).
 
     The lr follows :func:`lr_at`. The weight decay is constant, or, with
     ``optim.weight_decay_end``, a cosine from ``weight_decay`` to it over the whole run (DINO,
-    MGC), changing per iteration or per epoch like the lr.
+    MGC), changing per iteration or per epoch like the lr. The momentum follows the method's
+    :class:`~densessl.models.momentum.MomentumSchedule`, per iteration or per epoch.
     """
 
     def __init__(self, config: OptimConfig, steps_per_epoch: int, epochs: int) -> None:
@@ -137,6 +140,12 @@ class Schedule:
         position = float(step // self.steps_per_epoch) if per_epoch else step / self.steps_per_epoch
         progress = min(max(position / max(self.epochs, 1e-12), 0.0), 1.0)
         return end + (cfg.weight_decay - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def momentum(self, step: int, schedule: MomentumSchedule) -> float:
+        total = self.steps_per_epoch * self.epochs
+        if schedule.unit == "epoch":
+            step -= step % self.steps_per_epoch
+        return momentum_at(schedule.kind, schedule.base, step, total)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Write this step's values into ``optimizer``; returns the base lr."""

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
 from densessl.data.sources import parse_source
 from densessl.errors import DataError, TrainingError
 from densessl.methods import Method, Step, Views, build_method
-from densessl.models.backbones import backbone_from_config
+from densessl.models.backbones import build_backbone
 from densessl.training.checkpoint import (
     FORMAT,
     LAST,
@@ -102,7 +102,7 @@ def build_model(config: ExperimentConfig) -> Method:
     """
 
     def backbone_factory(**overrides: Any):
-        return backbone_from_config(replace(config.model, **overrides))
+        return build_backbone(**config.model.backbone_kwargs(**overrides))
 
     return build_method(config.method, backbone_factory)
 
@@ -195,6 +195,7 @@ class _Run:
     steps_per_epoch: int = 0
     total_steps: int = 0
     end_step: int = 0
+    schedule: Schedule | None = None
     window: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     last_record: dict[str, Any] = field(default_factory=dict)
     skipped_total: int = 0
@@ -375,6 +376,7 @@ class Trainer:
         run.total_steps = batches.steps_per_epoch * cfg.train.epochs
         max_steps = cfg.train.max_steps
         run.end_step = min(run.total_steps, max_steps) if max_steps else run.total_steps
+        run.schedule = Schedule(cfg.optim, run.steps_per_epoch, cfg.train.epochs)
         return DataLoader(
             run.dataset,
             batch_sampler=batches,
@@ -409,12 +411,18 @@ class Trainer:
         """One optimisation step (its outputs and lr); ``run.step`` counts it once it is complete."""
         cfg = self.config
         step = run.step
-        lr = Schedule(cfg.optim, run.steps_per_epoch, cfg.train.epochs).apply(run.optimizer, step)
+        lr = run.schedule.apply(run.optimizer, step)
+        teacher = run.method.teacher_momentum()
+        momentum = run.schedule.momentum(step, teacher) if teacher is not None else None
         shared = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step))
         local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
         views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
         context = Step(
-            step=step, total_steps=run.total_steps, epoch=step // run.steps_per_epoch, generator=shared
+            step=step,
+            total_steps=run.total_steps,
+            epoch=step // run.steps_per_epoch,
+            generator=shared,
+            momentum=momentum,
         )
         amp = (
             torch.autocast(self.device.type, dtype=run.autocast_dtype)

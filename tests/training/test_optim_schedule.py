@@ -65,3 +65,61 @@ def test_weight_decay_follows_a_cosine_to_its_end_value():
     per_epoch = Schedule(OptimConfig(weight_decay=0.04, weight_decay_end=0.4), 10, 10)
     assert per_epoch.weight_decay(59) == per_epoch.weight_decay(50) == pytest.approx(0.22)
     assert Schedule(OptimConfig(weight_decay=0.1), 10, 10).weight_decay(73) == 0.1
+
+
+def test_the_teacher_momentum_follows_the_methods_schedule_per_iteration_or_per_epoch():
+    from densessl.models.momentum import MomentumSchedule, momentum_at
+
+    schedule = Schedule(OptimConfig(), steps_per_epoch=10, epochs=5)
+    cosine = MomentumSchedule("cosine", 0.99)
+    assert [schedule.momentum(s, cosine) for s in (0, 13, 50)] == pytest.approx(
+        [momentum_at("cosine", 0.99, s, 50) for s in (0, 13, 50)]
+    )
+    by_epoch = MomentumSchedule("cosine", 0.99, unit="epoch")
+    assert (
+        schedule.momentum(13, by_epoch)
+        == schedule.momentum(19, by_epoch)
+        == pytest.approx(momentum_at("cosine", 0.99, 10, 50))
+    )
+    assert schedule.momentum(20, by_epoch) > schedule.momentum(19, by_epoch)
+
+
+def test_the_trainer_hands_the_schedules_momentum_to_the_method(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from densessl.config import load_config
+    from densessl.training.trainer import Trainer
+
+    seen = []
+
+    def fixed(self, step, method_schedule):
+        seen.append((step, method_schedule))
+        return 0.25
+
+    monkeypatch.setattr(Schedule, "momentum", fixed)
+    recipe = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/slotcon_synthetic.yaml"
+    tiny = [
+        "data.synthetic_length=16", "data.workers=0", "train.batch_size=8", "train.epochs=1",
+        "train.log_every=1", "train.tensorboard=false", "train.progress=false", "views.*.crop.size=32",
+        "model.width=0.125", "method.num_prototypes=8", "method.hidden_dim=16", "method.dim=8",
+    ]  # fmt: skip
+    Trainer(load_config(recipe, tiny), tmp_path).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["momentum"] for r in records] == [0.25, 0.25]
+    assert [s for s, _ in seen] == [0, 1] and seen[0][1].kind == "cosine"
+
+
+def test_outside_the_trainer_a_method_evaluates_its_own_schedule():
+    from densessl.methods.base import Step
+    from densessl.methods.densecl import DenseCL, DenseCLConfig
+    from densessl.models.momentum import momentum_at
+    from tests.helpers import tiny_factory
+
+    method = DenseCL(
+        DenseCLConfig(queue_size=16, hidden_dim=8, dim=4, momentum_schedule="cosine"), tiny_factory()
+    )
+    step = Step(step=3, total_steps=10, epoch=0, generator=torch.Generator())
+    assert method.momentum_for(step) == pytest.approx(momentum_at("cosine", 0.999, 3, 10))
+    step.momentum = 0.5
+    assert method.momentum_for(step) == 0.5
