@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +75,19 @@ def stripe_features(
     masks = coarse.repeat_interleave(cell, 1).repeat_interleave(cell, 2).to(torch.uint8)
     feats = F.one_hot(coarse, k).permute(0, 3, 1, 2).float().contiguous()
     return feats, masks
+
+
+#: the DenseCL quick recipe, and overrides that make a trainer run take a second on a CPU
+QUICK = Path(__file__).resolve().parent.parent / "densessl/recipes/quick/densecl_synthetic.yaml"
+TINY = [
+    "data.synthetic_length=48",
+    "data.workers=0",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "train.progress=false",
+    "method.queue_size=32",
+    "views.*.crop.size=32",
+    "model.width=0.125",
+]

@@ -18,22 +18,10 @@ from densessl.cli import main
 from densessl.config import load_config
 from densessl.export import export_backbone, torchvision_reference
 from densessl.training.trainer import Trainer
+from tests.helpers import QUICK, TINY
 from tests.test_distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ROOT / "densessl/recipes/quick/densecl_synthetic.yaml"
-TINY = [
-    "data.synthetic_length=48",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "method.queue_size=32",
-    "views.*.crop.size=32",
-    "model.width=0.125",
-]
 
 
 def losses(run_dir: Path) -> dict[int, float]:

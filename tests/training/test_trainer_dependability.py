@@ -19,21 +19,7 @@ from densessl.config import load_config
 from densessl.data.base import DataError
 from densessl.training.checkpoint import CheckpointError, load_checkpoint
 from densessl.training.trainer import Trainer, TrainingError, worker_error_message
-
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = ROOT / "densessl/recipes/quick/densecl_synthetic.yaml"
-TINY = [
-    "data.synthetic_length=48",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "method.queue_size=32",
-    "views.*.crop.size=32",
-    "model.width=0.125",
-]
+from tests.helpers import QUICK, TINY
 
 
 def config(*extra: str):

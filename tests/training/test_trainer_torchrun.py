@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from densessl.training.checkpoint import load_checkpoint
+from tests.helpers import QUICK, TINY
 from tests.test_distributed import free_port
-from tests.training.test_trainer_dependability import QUICK, TINY
 
 pytestmark = pytest.mark.slow
 
