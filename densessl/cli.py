@@ -26,6 +26,7 @@ from densessl import __version__
 from densessl.config import config_yaml, did_you_mean, load_config
 from densessl.errors import ConfigError, DensesslError
 from densessl.recipes import quick_methods
+from densessl.runtime import launched_world_size
 
 log = logging.getLogger("densessl.cli")
 
@@ -280,7 +281,7 @@ def _auto_config(args: argparse.Namespace):
     source = _data_source(args.data)
     n_images = len(parse_source(source))
     kind, memory, cores = _detect_machine()
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = launched_world_size()
     choice = choose_recipe(args.method, n_images, kind, memory * world, cores)
     config = build_config(choice, source, args.overrides)
     if not args.print_config:

@@ -13,6 +13,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from densessl.runtime import launched_world_size
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -30,10 +32,6 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init_from_environment(timeout_s: float | None = None) -> torch.device:
     """Join the process group described by torchrun's environment, if any, and pick a device.
 
@@ -44,7 +42,7 @@ def init_from_environment(timeout_s: float | None = None) -> torch.device:
     """
     use_cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if launched_by_torchrun() and not is_distributed():
+    if launched_world_size() > 1 and not is_distributed():
         kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kwargs)
     if use_cuda:
@@ -68,13 +66,16 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def _collective_device(device: torch.device) -> torch.device:
+    """Where a tensor must be for a collective: NCCL reduces device tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else device
+
+
 def any_process(flag: bool) -> bool:
     """True on every process when ``flag`` is true on at least one (a collective: all must call)."""
     if not is_distributed():
         return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        value = value.cuda()
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=_collective_device(torch.device("cpu")))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -84,11 +85,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of ``tensor`` over processes (a copy; the input is left unchanged)."""
     if not is_distributed():
         return tensor.clone()
-    # NCCL reduces device tensors only
-    device = (
-        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
-    )
-    out = tensor.to(device, copy=True)
+    out = tensor.to(_collective_device(tensor.device), copy=True)
     dist.all_reduce(out)
     return out.div_(world_size()).to(tensor.device)
 

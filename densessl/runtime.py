@@ -36,12 +36,18 @@ def choose_cpu_threads(cores: int, workers: int, cap: int = MAX_THREADS) -> int:
     return max(1, min(cap, cores - max(0, workers)))
 
 
+def launched_world_size(environ: dict[str, str] | None = None) -> int:
+    """The number of processes torchrun launched (1 for a plain run)."""
+    env = os.environ if environ is None else environ
+    return int(env.get("WORLD_SIZE", "1") or 1)
+
+
 def threads_chosen_by_user(environ: dict[str, str] | None = None) -> bool:
     """Whether a thread count was set from outside (``OMP_NUM_THREADS``, a multi-process torchrun)."""
     env = os.environ if environ is None else environ
     if any(env.get(name, "").strip() for name in THREAD_VARIABLES):
         return True
-    return int(env.get("WORLD_SIZE", "1") or 1) > 1
+    return launched_world_size(env) > 1
 
 
 def configure_cpu_threads(workers: int) -> int:

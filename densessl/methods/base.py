@@ -128,9 +128,7 @@ class Method(nn.Module):
         (kept at their current values). Any other missing or unexpected key is an error."""
         expected = set(self.state_dict())
         missing = sorted(expected - set(state))
-        left_out = (
-            [k for k in missing if k.startswith(self.light_state_exclude)] if self.light_state_exclude else []
-        )
+        left_out = [k for k in missing if k.startswith(self.light_state_exclude)]
         if len(left_out) != len(missing) or set(state) - expected:
             self.load_state_dict(state, strict=True)  # raises, naming the keys
         self.load_state_dict(state, strict=not left_out)

@@ -24,6 +24,7 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,47 +67,45 @@ def state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def describe_os_error(exc: BaseException, path: Path) -> str:
-    """One line for a failed write: what the OS said, in words a user acts on."""
+def describe_os_error(exc: BaseException, folder: Path) -> str:
+    """One line for a failed write into ``folder``: what the OS said, in words a user acts on."""
     code = getattr(exc, "errno", None)
     if code == errno.ENOSPC or "unexpected pos" in str(exc):
         # PyTorch's zip writer reports a short write as "unexpected pos"
         try:
-            free = shutil.disk_usage(path.parent).free / 2**20
-            return f"no space left on the device of {path.parent} ({free:.0f} MiB free)"
+            free = shutil.disk_usage(folder).free / 2**20
+            return f"no space left on the device of {folder} ({free:.0f} MiB free)"
         except OSError:
-            return f"no space left on the device of {path.parent}"
+            return f"no space left on the device of {folder}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{path.parent} is not writable ({os.strerror(code)})"
+        return f"{folder} is not writable ({os.strerror(code)})"
     return str(getattr(exc, "strerror", None) or exc).splitlines()[0]
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary sibling, then rename; nothing partial is left on failure."""
-    path = Path(path)
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` a temporary sibling of ``path``, then rename it; nothing partial is left behind,
+    and a failure is one :class:`CheckpointError` line."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(exc, path)}") from exc
+        reason = describe_os_error(exc, path.parent)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    return _write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def copy_atomic(source: Path, path: Path) -> Path:
     """Copy a written checkpoint under another name, atomically like :func:`save_atomic`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(exc, path)}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(Path(path), lambda tmp: shutil.copyfile(source, tmp))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -69,8 +69,8 @@ def _groups(model_or_groups: nn.Module | list[dict]) -> list[dict]:
     for group in model_or_groups:
         params = [p for p in group["params"] if p.requires_grad]
         if params:
-            groups.append({**group, "params": params, "lr_scale": group.get("lr_scale", 1.0),
-                           "wd_scale": group.get("wd_scale", 1.0)})  # fmt: skip
+            scales = {"lr_scale": group.get("lr_scale", 1.0), "wd_scale": group.get("wd_scale", 1.0)}
+            groups.append({**group, "params": params, **scales})
     return groups
 
 

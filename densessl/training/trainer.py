@@ -24,6 +24,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -226,6 +227,9 @@ class Trainer:
         self._saved_step: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
+    def _unwritable(self, exc: OSError) -> TrainingError:
+        return TrainingError(f"cannot write into the run directory: {describe_os_error(exc, self.run_dir)}")
+
     def _existing_run(self) -> str | None:
         """What makes ``run_dir`` an existing run, or None."""
         if checkpoint_candidates(self.run_dir):
@@ -255,9 +259,7 @@ class Trainer:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise TrainingError(
-                f"cannot write into the run directory: {describe_os_error(exc, self.run_dir / 'x')}"
-            ) from exc
+            raise self._unwritable(exc) from exc
         start_over = self.overwrite or (self.resume == RESUME_OR_NEW and existing != "checkpoints")
         if start_over and existing:
             log.warning("starting over in %s: removing the previous run's files", self.run_dir)
@@ -300,12 +302,14 @@ class Trainer:
         model: nn.Module = method
         if world > 1:
             # queues and centres are identical on every process by construction; broadcasting
-            # them each step would only cost bandwidth
-            model = DistributedDataParallel(
-                method,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            # them each step would only cost bandwidth (newer torch names this differently)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = DistributedDataParallel(
+                    method,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                )
         return _Run(method, model, optimizer, scaler, dataset, autocast_dtype, cfg.train.batch_size // world)
 
     # -- resume ---------------------------------------------------------------------------------
@@ -609,9 +613,7 @@ class Trainer:
                     self.run_dir, cfg.train.tensorboard, run.step if run.resumed_from else None
                 )
             except OSError as exc:
-                raise TrainingError(
-                    f"cannot write into the run directory: {describe_os_error(exc, self.run_dir / 'x')}"
-                ) from exc
+                raise self._unwritable(exc) from exc
             self._banner(run)
             if cfg.train.progress:
                 from tqdm import tqdm
