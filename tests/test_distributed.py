@@ -81,7 +81,10 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             reduced = out["loss"].detach().clone()
             dist.all_reduce(reduced)
             losses.append(float(reduced) / world)
-        queue.put((rank, bn_out, losses, model.queue.keys.clone(), model.dense_queue.keys.clone()))
+        # plain arrays, not tensors: a tensor travels as a shared-memory handle that dies with
+        # this process, which may exit before the parent reads the queue
+        keys = (model.queue.keys.numpy().copy(), model.dense_queue.keys.numpy().copy())
+        queue.put((rank, bn_out.detach().numpy().copy(), losses, *keys))
     finally:
         dist.destroy_process_group()
 
@@ -104,7 +107,8 @@ def test_two_gloo_processes_match_one_process():
     (expected_bn,) = shuffle_bn_forward(
         lambda t: (encoder(t),), x, torch.Generator().manual_seed(5), groups=world
     )
-    assert torch.allclose(torch.cat([r[1] for r in results]), expected_bn, atol=1e-5)
+    gathered_bn = torch.cat([torch.from_numpy(r[1]) for r in results])
+    assert torch.allclose(gathered_bn, expected_bn, atol=1e-5)
 
     model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -120,5 +124,5 @@ def test_two_gloo_processes_match_one_process():
             rank_result[2],
             single,
         )
-        assert torch.allclose(rank_result[3], model.queue.keys, atol=1e-5)
-        assert torch.allclose(rank_result[4], model.dense_queue.keys, atol=1e-5)
+        assert torch.allclose(torch.from_numpy(rank_result[3]), model.queue.keys, atol=1e-5)
+        assert torch.allclose(torch.from_numpy(rank_result[4]), model.dense_queue.keys, atol=1e-5)
