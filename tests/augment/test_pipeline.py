@@ -155,10 +155,14 @@ def test_overrides_reach_inside_a_choice() -> None:
 
 AA = {"autoaugment": "imagenet"}
 MISTAKES = [
-    ({"jitter_pp": 0.8}, "unknown key 'views.0.photometric.jitter_pp' in views.0.photometric"
-     " (did you mean 'jitter_p'?)"),
-    ({"autoaugment": "imagenett"}, "views.0.photometric.autoaugment: invalid value 'imagenett'"
-     " (did you mean 'imagenet'?)"),
+    (
+        {"jitter_pp": 0.8},
+        "unknown key 'views.0.photometric.jitter_pp' in views.0.photometric (did you mean 'jitter_p'?)",
+    ),
+    (
+        {"autoaugment": "imagenett"},
+        "views.0.photometric.autoaugment: invalid value 'imagenett' (did you mean 'imagenet'?)",
+    ),
     ({"choice": [AA, {"hue_": 0.1}]}, "unknown key 'views.0.photometric.choice.1.hue_'"),
     ({"choice": [AA], "p": [0.5, 0.5]}, "views.0.photometric: p must have one weight per pipeline (1)"),
     # the second colour step of a view is checked too
