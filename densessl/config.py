@@ -52,6 +52,8 @@ class ModelConfig:
     num_heads: int | None = None
     #: ViT: stochastic depth of the trained network
     drop_path_rate: float = 0.0
+    #: ViT: number of transformer blocks (None: the architecture's 12; fewer for CPU recipes)
+    depth: int | None = None
 
     def backbone_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """The keyword arguments of :func:`densessl.models.backbones.build_backbone` this section
@@ -366,6 +368,7 @@ def _check(config: ExperimentConfig) -> None:
     _require("model.patch_size", model.patch_size, 1)
     _require("model.img_size", model.img_size, 1)
     _require("model.num_heads", model.num_heads, 1)
+    _require("model.depth", model.depth, 1)
     _require("model.drop_path_rate", model.drop_path_rate, 0, 1, high_open=True)
 
     data = config.data

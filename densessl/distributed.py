@@ -130,3 +130,69 @@ def shuffle_bn_forward(
         full = all_gather(tensor)[inverse]
         result.append(full[rank() * local : (rank() + 1) * local])
     return result
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics span the batches of every process, on any device.
+
+    ``nn.SyncBatchNorm`` runs on GPUs only (its kernels are CUDA's); this is the same computation
+    in plain tensor operations and differentiable all-reduces, so a CPU run under torchrun (gloo)
+    normalises exactly as one process would on the whole global batch. Mean and variance are
+    taken in two passes (sum, then sum of squared deviations) in float32; the running variance
+    is the unbiased global one, as in ``nn.SyncBatchNorm``. Outside training, or alone, it is
+    plain batch norm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        x = input.float()
+        local_count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
+        sums = differentiable_all_reduce(torch.cat([x.sum(dims), local_count]))
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = x - mean.view(shape)
+        var = differentiable_all_reduce(centred.pow(2).sum(dims)) / count
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return out.to(input.dtype)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every batch norm of ``module`` with statistics over all processes: ``nn.SyncBatchNorm`` on
+    CUDA, :class:`GlobalBatchNorm` elsewhere (CPU / gloo). Weights and buffers are kept."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    converted = module
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        converted = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            with torch.no_grad():
+                converted.weight = module.weight
+                converted.bias = module.bias
+        converted.running_mean = module.running_mean
+        converted.running_var = module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.training = module.training
+    for name, child in module.named_children():
+        converted.add_module(name, convert_sync_batchnorm(child, device))
+    return converted

@@ -26,7 +26,8 @@ RESOLVED_BEFORE = json.loads((Path(__file__).parent / "fixtures" / "recipes_reso
 
 def test_the_recipes_ship_inside_the_package():
     assert recipe_dir() == RECIPE_DIR
-    assert set(RECIPES) == set(RESOLVED_BEFORE)
+    # recipes added since the capture come on top
+    assert set(RESOLVED_BEFORE) <= set(RECIPES)
     # configs/ keeps only other frameworks' configs (transfer), which are not densessl recipes
     assert [p.name for p in (ROOT / "configs").iterdir() if p.is_dir()] == ["transfer"]
 
@@ -58,7 +59,7 @@ def test_every_recipe_loads_and_round_trips(name, tmp_path):
     assert load_config(tmp_path / "resolved.yaml") == config
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", sorted(RESOLVED_BEFORE))
 def test_recipes_resolve_exactly_as_before_they_inherited(name):
     # from_dict gives fields added since the capture their defaults on both sides
     assert load_config(name) == from_dict(RESOLVED_BEFORE[name])
@@ -186,7 +187,7 @@ def test_overrides_apply_to_nested_keys_lists_and_all_views():
         ("optim.schedule=cosin", "invalid value 'cosin' (did you mean 'cosine'?)"),
         ("method.name=densecll", "invalid value 'densecll' (did you mean 'densecl'?)"),
         ("train.epochs=many", "train.epochs must be an integer, got 'many'"),
-        ("method.name=simclr", "invalid value 'simclr'; valid choices: densecl, mocov2, slotcon"),
+        ("method.name=simclr", "invalid value 'simclr'; valid choices: densecl, mgc, mocov2, slotcon"),
         ("views.5.crop.size=3", "not an index of a list of 2 items"),
         ("trainepochs", "must look like key.sub=value"),
     ],

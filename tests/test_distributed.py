@@ -126,3 +126,72 @@ def test_two_gloo_processes_match_one_process():
         )
         assert torch.allclose(torch.from_numpy(rank_result[3]), model.queue.keys, atol=1e-5)
         assert torch.allclose(torch.from_numpy(rank_result[4]), model.dense_queue.keys, atol=1e-5)
+
+
+def _batchnorm_case():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 4, 3, 3, generator=g) * 3 + 1
+    probe = torch.randn(8, 4, 3, 3, generator=g)
+    bn = nn.BatchNorm2d(4, momentum=0.3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(4, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(4, generator=g))
+    return x, probe, bn
+
+
+def _batchnorm_worker(rank: int, world: int, port: int, queue) -> None:
+    from densessl.distributed import GlobalBatchNorm, convert_sync_batchnorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, probe, bn = _batchnorm_case()
+        model = convert_sync_batchnorm(nn.Sequential(bn), torch.device("cpu"))
+        assert isinstance(model[0], GlobalBatchNorm)
+        local = x.chunk(world)[rank].clone().requires_grad_(True)
+        out = model(local)
+        (out * probe.chunk(world)[rank]).sum().backward()
+        results = [out.detach(), local.grad, model[0].weight.grad, model[0].bias.grad]
+        results += [model[0].running_mean, model[0].running_var]
+        queue.put((rank, [t.detach().numpy().copy() for t in results]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_in_two_gloo_processes_is_batchnorm_on_the_whole_batch():
+    world = 2
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_batchnorm_worker, args=(r, world, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    x, probe, bn = _batchnorm_case()
+    x.requires_grad_(True)
+    out = bn(x)
+    (out * probe).sum().backward()
+    got = [torch.from_numpy(results[r][0]) for r in range(world)]
+    torch.testing.assert_close(torch.cat(got), out.detach(), atol=1e-5, rtol=1e-5)
+    grads = torch.cat([torch.from_numpy(results[r][1]) for r in range(world)])
+    torch.testing.assert_close(grads, x.grad, atol=1e-5, rtol=1e-5)
+    # each process holds its share of the affine gradients; DDP sums (averages) them
+    weight_grad = sum(torch.from_numpy(results[r][2]) for r in range(world))
+    bias_grad = sum(torch.from_numpy(results[r][3]) for r in range(world))
+    torch.testing.assert_close(weight_grad, bn.weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bias_grad, bn.bias.grad, atol=1e-5, rtol=1e-5)
+    for r in range(world):
+        torch.testing.assert_close(torch.from_numpy(results[r][4]), bn.running_mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(results[r][5]), bn.running_var, atol=1e-6, rtol=1e-5)
+
+
+def test_global_batchnorm_alone_is_plain_batchnorm():
+    from densessl.distributed import convert_sync_batchnorm
+
+    x, _, bn = _batchnorm_case()
+    converted = convert_sync_batchnorm(nn.Sequential(_batchnorm_case()[2]), torch.device("cpu"))
+    torch.testing.assert_close(converted(x), bn(x))
+    assert set(converted.state_dict()) == {f"0.{k}" for k in bn.state_dict()}

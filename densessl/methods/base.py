@@ -194,6 +194,10 @@ class Method(nn.Module):
         """A picklable function computing per-sample targets from one sample's view records,
         run in the loader workers (for example MGC's corresponding token pairs), or None.
 
+        ``config`` is the whole :class:`~densessl.config.ExperimentConfig` (the targets may depend
+        on the crops and the backbone's patch size, not only on ``config.method``); a recipe the
+        targets cannot be built for raises :class:`~densessl.errors.ConfigError`.
+
         It is called as ``fn(records, image_size)`` with the sample's list of
         :class:`~densessl.views.geometry.ViewRecord` and its source ``(height, width)``, and returns
         tensors of the same shape for every sample; they reach :attr:`Views.targets` stacked.

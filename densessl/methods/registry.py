@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from densessl.methods.configs import DenseCLConfig, MoCoV2Config, SlotConConfig
+from densessl.methods.configs import DenseCLConfig, MGCConfig, MoCoV2Config, SlotConConfig
 
 if TYPE_CHECKING:
     from densessl.methods.base import Method
@@ -63,6 +63,7 @@ _SPECS: dict[str, MethodSpec] = {
         MethodSpec("mocov2", MoCoV2Config, "densessl.methods.mocov2:MoCoV2"),
         MethodSpec("densecl", DenseCLConfig, "densessl.methods.densecl:DenseCL"),
         MethodSpec("slotcon", SlotConConfig, "densessl.methods.slotcon:SlotCon"),
+        MethodSpec("mgc", MGCConfig, "densessl.methods.mgc:MGC"),
     )
 }
 

@@ -100,12 +100,13 @@ def build_backbone(
     img_size: int = 224,
     num_heads: int | None = None,
     drop_path_rate: float = 0.0,
+    depth: int | None = None,
 ) -> Backbone:
     """Build a backbone by name: a ResNet (:data:`ARCHITECTURES`) or a ViT
     (:data:`~densessl.models.vit.VIT_ARCHITECTURES`).
 
     ``small_input``, ``width`` and ``zero_init_residual`` shape a ResNet; ``patch_size``,
-    ``img_size``, ``num_heads`` and ``drop_path_rate`` a ViT. The other family's arguments are
+    ``img_size``, ``num_heads``, ``drop_path_rate`` and ``depth`` a ViT. The other family's arguments are
     ignored, so one set of arguments (a recipe's ``model`` section) describes either, and an
     override such as ``drop_path_rate=0.0`` for a momentum teacher applies to both.
     """
@@ -120,7 +121,12 @@ def build_backbone(
         known = sorted(ARCHITECTURES) + sorted(VIT_ARCHITECTURES)
         raise ValueError(f"unknown backbone '{arch}'; choose one of {known}")
     return ViTBackbone(
-        arch, patch_size=patch_size, img_size=img_size, num_heads=num_heads, drop_path_rate=drop_path_rate
+        arch,
+        patch_size=patch_size,
+        img_size=img_size,
+        num_heads=num_heads,
+        drop_path_rate=drop_path_rate,
+        depth=depth,
     )
 
 
@@ -140,6 +146,7 @@ def describe_backbone(backbone: nn.Module) -> dict[str, Any]:
             "patch_size": backbone.patch_size,
             "img_size": int(backbone.patch_embed.img_size[0]),
             "num_heads": backbone.num_heads,
+            "depth": len(backbone.blocks),
         }
     if isinstance(backbone, ResNetBackbone):
         return {"arch": backbone.arch, "small_input": backbone.small_input, "width": backbone._width}

@@ -289,10 +289,10 @@ class Trainer:
             seed=cfg.train.seed,
             corrupt=cfg.data.corrupt,
             max_skipped_fraction=cfg.data.max_skipped_fraction,
-            targets=type(method).view_targets(cfg.method),
+            targets=type(method).view_targets(cfg),
         )
         if cfg.train.sync_bn and world > 1:
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            method = dist.convert_sync_batchnorm(method, self.device)
         method.to(self.device)
         if cfg.train.channels_last:
             method.to(memory_format=torch.channels_last)

@@ -15,13 +15,14 @@ from densessl.methods import METHODS, Method, build_method, method_names, method
 from densessl.methods.base import METHODS as BASE_METHODS
 from densessl.methods.base import build_method as base_build_method
 from densessl.methods.base import register as base_register
-from densessl.methods.configs import DenseCLConfig, MoCoV2Config, SlotConConfig
+from densessl.methods.configs import DenseCLConfig, MGCConfig, MoCoV2Config, SlotConConfig
 from tests.helpers import tiny_factory
 
 BUILT_IN = {
     "mocov2": ("densessl.methods.mocov2", "MoCoV2", MoCoV2Config),
     "densecl": ("densessl.methods.densecl", "DenseCL", DenseCLConfig),
     "slotcon": ("densessl.methods.slotcon", "SlotCon", SlotConConfig),
+    "mgc": ("densessl.methods.mgc", "MGC", MGCConfig),
 }
 
 
@@ -48,9 +49,9 @@ def test_each_entry_loads_the_class_that_implements_it(name: str) -> None:
 def test_names_and_old_homes() -> None:
     assert method_names() == sorted(BUILT_IN) == sorted(METHODS) == sorted(METHODS.keys())
     assert len(METHODS) == len(BUILT_IN)
-    assert "mgc" not in METHODS
+    assert "simclr" not in METHODS
     with pytest.raises(KeyError):
-        METHODS["mgc"]
+        METHODS["simclr"]
     # densessl.methods.base was the registry's home: the same objects from there
     assert (BASE_METHODS, base_build_method, base_register) == (METHODS, build_method, register)
 

@@ -51,8 +51,8 @@ def test_model_config_adapter_gives_every_builder_argument():
     import inspect
 
     assert set(ModelConfig().backbone_kwargs()) == set(inspect.signature(build_backbone).parameters)
-    with pytest.raises(TypeError, match="not a model field: depth"):
-        ModelConfig().backbone_kwargs(depth=3)
+    with pytest.raises(TypeError, match="not a model field: layers"):
+        ModelConfig().backbone_kwargs(layers=3)
 
 
 def test_the_builder_passes_every_argument_on():
