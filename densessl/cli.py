@@ -102,6 +102,23 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the backbone")
 
 
+def _add_picture_args(
+    parser: argparse.ArgumentParser, out: str, size_default: str, limit: int, limit_help: str
+) -> None:
+    """The options every ``viz`` picture shares: data, output, crop, grid."""
+    parser.add_argument(
+        "--data", required=True, help="image folder, folder:DIR, coco:ROOT or synthetic[:preset]"
+    )
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--size", type=int, default=None, help=f"centre crop (default: {size_default})")
+    parser.add_argument(
+        "--resize", type=int, default=None, help="short side before the crop (default size*8/7)"
+    )
+    parser.add_argument("--limit", type=int, default=limit, help=limit_help)
+    parser.add_argument("--tile", type=int, default=112, help="pixels per picture in the grid")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="densessl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -166,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="say what a checkpoint holds")
     p.add_argument("checkpoint")
+    p.add_argument(
+        "--num-heads", type=int, default=None, help="ViT attention heads, if the file does not say"
+    )
 
     p = sub.add_parser("eval", help="evaluate a backbone (each protocol ends with one JSON line)")
     evals = p.add_subparsers(dest="protocol", required=True)
@@ -192,17 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     viz = p.add_subparsers(dest="picture", required=True)
     v = viz.add_parser("prototypes", help="top images of learned prototypes, their pixels tinted (PNG)")
     v.add_argument("checkpoint", help="training checkpoint of a method with prototypes (SlotCon)")
-    v.add_argument("--data", required=True, help="image folder, folder:DIR, coco:ROOT or synthetic[:preset]")
+    limit_help = "use only the first N images (synthetic: 300)"
+    _add_picture_args(v, "protos.png", "the pre-training crop", 0, limit_help)
     v.add_argument("--topk", type=int, default=5, help="images per prototype")
     v.add_argument("--sampling", type=int, default=20, help="prototypes shown, drawn at random (0: all used)")
-    v.add_argument("--out", default="protos.png")
-    v.add_argument("--size", type=int, default=None, help="centre crop (default: the pre-training crop)")
-    v.add_argument("--resize", type=int, default=None, help="short side before the crop (default size*8/7)")
-    v.add_argument("--limit", type=int, default=0, help="use only the first N images (synthetic: 300)")
-    v.add_argument("--tile", type=int, default=112, help="pixels per picture in the grid")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--device", default=None)
+    v.set_defaults(func=cmd_viz_prototypes)
+
+    from densessl.eval.cli_common import add_backbone_arguments
+
+    v = viz.add_parser(
+        "features", help="each image beside its dense features' 3 principal components as colours (PNG)"
+    )
+    # any backbone, as for `eval`: ResNet or ViT, densessl, reference (MGC...) or exported weights
+    add_backbone_arguments(v)
+    _add_picture_args(v, "features.png", "a ViT's img_size, else 224", 8, "the first N images, one row each")
+    v.set_defaults(func=cmd_viz_features)
 
     p = sub.add_parser("data", help="datasets")
     data = p.add_subparsers(dest="action", required=True)
@@ -455,7 +481,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from densessl.export import inspect_checkpoint
 
-    report = inspect_checkpoint(args.checkpoint)
+    report = inspect_checkpoint(args.checkpoint, num_heads=args.num_heads)
     print(
         f"{report['path']}: {report['layout']} checkpoint"
         + (f" of {report['method']}" if report["method"] else "")
@@ -463,6 +489,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if report["epoch"] is not None or report["step"] is not None:
         print(f"  progress: epoch {report['epoch']}, step {report['step']}")
     print(f"  backbone: {report['backbone']}")
+    if "vit" in report:
+        vit = report["vit"]
+        heads = f"{vit['num_heads']} heads"
+        if not vit["num_heads_recorded"]:
+            heads += " (not recorded in the file: an assumption, --num-heads to change)"
+        print(
+            f"  vit: patch {vit['patch_size']}, position table for {vit['img_size']} px, "
+            f"width {vit['width']}, {vit['depth']} blocks, {heads}"
+        )
     for key, value in report.get("config", {}).items():
         print(f"  {key}: {value}")
     for role, counts in report["encoders"].items():
@@ -508,22 +543,63 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
+    _configure_threads(0)
+    return args.func(args)
+
+
+def cmd_viz_prototypes(args: argparse.Namespace) -> int:
     import torch
 
+    from densessl.errors import CheckpointError
     from densessl.export import method_from_checkpoint
     from densessl.viz.prototypes import default_sizes, load_images, prototype_source, visualise_prototypes
 
-    method, config = method_from_checkpoint(args.checkpoint)
+    try:
+        method, config = method_from_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        if "not a densessl training checkpoint" not in str(exc):
+            raise
+        # a reference or exported file holds a backbone, never the prototypes themselves
+        raise CheckpointError(
+            f"{exc}: viz prototypes reads the prototypes of a densessl checkpoint (SlotCon); "
+            f"`densessl viz features --weights {args.checkpoint} --data ...` shows any backbone's features"
+        ) from None
     if not method.has_prototypes:
-        raise ConfigError(f"{args.checkpoint}: method '{method.name}' has no prototypes to visualise")
+        raise ConfigError(
+            f"{args.checkpoint}: method '{method.name}' has no prototypes to visualise "
+            f"(`densessl viz features --weights {args.checkpoint} --data ...` shows its features)"
+        )
     size, resize = default_sizes(config, args.size, args.resize)
     data = load_images(prototype_source(args.data, args.limit), size, resize, args.limit)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _configure_threads(0)
     summary = visualise_prototypes(
         method, data, args.out, args.topk, args.sampling, args.seed, args.tile, args.batch_size, device
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "prototypes"}))
+    return 0
+
+
+def cmd_viz_features(args: argparse.Namespace) -> int:
+    import math
+
+    from densessl.eval.cli_common import backbone_from_args, device_from_args, role_from_args
+    from densessl.models.backbones import describe_backbone
+    from densessl.viz.features import visualise_features
+    from densessl.viz.prototypes import load_images, prototype_source
+
+    backbone = backbone_from_args(args)
+    model = describe_backbone(backbone)
+    # a ViT is shown at the size its position table was laid out for, a ResNet at ImageNet's
+    size = args.size or int(model.get("img_size", 224))
+    resize = args.resize or math.ceil(size * 8 / 7)
+    if resize < size:
+        raise ConfigError(f"--resize {resize} is smaller than --size {size}")
+    data = load_images(prototype_source(args.data, args.limit), size, resize, args.limit)
+    about = {"weights": str(args.weights), "encoder": role_from_args(args), "model": model}
+    summary = visualise_features(
+        backbone, data, args.out, args.tile, args.batch_size, device_from_args(args), about=about
+    )
+    print(json.dumps({k: v for k, v in summary.items() if k != "names"}))
     return 0
 
 

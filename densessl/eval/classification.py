@@ -40,6 +40,11 @@ CenterCrop(224) at ``image_size=224``. "Squash" means the whole image resized to
     it. There is no augmentation (the features are computed once), so the numbers are not
     those of the SGD recipe with RandomResizedCrop (lr 30, 100 epochs).
 
+Vision Transformers. Every "global average pooling" above is, for a ViT, the mean of its patch
+tokens after the final norm (the class token is not used; :mod:`densessl.eval.features` says
+why), and the OpenSelfSup 2x2 grid pools windows of patch tokens the same way. Image sizes that
+are not multiples of the patch size are resized to the nearest multiple before the backbone.
+
 The SVMs and the logistic regression use scikit-learn (``pip install scikit-learn``).
 """
 
@@ -59,7 +64,7 @@ from torch import nn
 
 from densessl.errors import ConfigError, DataError
 from densessl.eval.ap import average_precision
-from densessl.eval.features import extract, resize_center_crop
+from densessl.eval.features import extract, pooling_name, resize_center_crop
 
 __all__ = [
     "LINEAR_COSTS",
@@ -340,7 +345,7 @@ def run_svm_voc07(
         "chance_map": 100.0 * float(np.mean(chance)) if chance else None,
         "cost_per_class": chosen,
         "preprocessing": "resize 256/224 + centre crop" if revisited else "resize to a square",
-        "pooling": "global average" if revisited else "2x2 grid, window (h-1)x(w-1), stride 1",
+        "pooling": pooling_name(backbone) if revisited else "2x2 grid, window (h-1)x(w-1), stride 1",
         "feature_dim": int(x_train.shape[1]),
         "normalisation": "l2 (norm + 1e-5)",
         "costs": [float(cost)] if revisited else [float(c) for c in costs],
@@ -447,6 +452,7 @@ def run_knn(
         num_classes=int(num_classes),
         num_train=len(train_set),
         num_val=len(val_set),
+        pooling=pooling_name(backbone),
         feature_dim=int(train.shape[1]),
         image_size=int(image_size),
         centre_crop=bool(centre_crop),
@@ -547,6 +553,7 @@ def run_linear(
         num_classes=int(num_classes),
         num_train=len(train_set),
         num_val=len(val_set),
+        pooling=pooling_name(backbone),
         feature_dim=int(x_train.shape[1]),
         image_size=int(image_size),
         centre_crop=bool(centre_crop),

@@ -12,11 +12,24 @@ eval mode under ``no_grad`` (bf16 autocast on CUDA). It keeps, as asked:
 
 With ``cache_dir`` the result is also written there (``<key>.pt``) and read back on the next call
 with the same backbone weights, samples and settings, so several commands can share one pass.
+
+Vision Transformers. A ViT backbone's dense map is its grid of patch tokens after the final
+norm, without the class token (:meth:`densessl.models.vit.ViTBackbone.forward`), so every dense
+protocol reads patch tokens. Its ``pooled`` vectors are therefore means of patch tokens, for
+every global protocol (k-NN, linear, VOC07 SVM); the class token is used by none: the losses of
+densessl's methods (MGC's too) read only the patch-token map, so the class token's output is
+never trained, and one rule (average of the dense map) serves ResNets and ViTs alike.
+
+A ViT only takes inputs whose sides are multiples of its patch size: :func:`extract` resizes
+each image straight to the nearest multiple (:func:`patch_aligned`, at least one patch) and logs
+it, while masks stay at the size asked for (protocols upsample the feature map to the mask size
+anyway).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +43,8 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from densessl.augment import normalize
+
+log = logging.getLogger(__name__)
 
 # Below this many batches a progress bar is noise rather than information.
 _PROGRESS_MIN_BATCHES = 8
@@ -53,6 +68,50 @@ def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
         return image_size, image_size
     h, w = image_size
     return int(h), int(w)
+
+
+def patch_size_of(net: nn.Module) -> int | None:
+    """The patch size of the ViT in ``net`` (the network itself, or a wrapper / method holding
+    one), or None when it holds none (a ResNet takes any input size)."""
+    patch = getattr(net, "patch_size", None)
+    if isinstance(patch, int):
+        return patch
+    for module in net.modules():
+        patch = getattr(module, "patch_size", None)
+        # timm's PatchEmbed keeps a tuple; the backbone above it keeps the int
+        if isinstance(patch, int) and hasattr(module, "patch_embed"):
+            return patch
+    return None
+
+
+def pooling_name(backbone: nn.Module) -> str:
+    """What a ``pooled`` vector of ``backbone`` is, for the protocols' JSON lines."""
+    return "mean of patch tokens" if patch_size_of(backbone) else "global average"
+
+
+def patch_aligned(size: int | Sequence[int], patch: int | None) -> tuple[int, int]:
+    """``size`` as (height, width), each side rounded to the nearest multiple of ``patch``
+    (at least one patch); unchanged when ``patch`` is None."""
+    h, w = _size(size)
+    if not patch:
+        return h, w
+    return max(patch, round(h / patch) * patch), max(patch, round(w / patch) * patch)
+
+
+def _input_size(backbone: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """The size the images go into ``backbone`` at: ``size``, fitted to a ViT's patch grid."""
+    patch = patch_size_of(backbone)
+    aligned = patch_aligned(size, patch)
+    if aligned != size:
+        log.info(
+            "%dx%d is not a multiple of the ViT's patch size %d: images are resized to %dx%d "
+            "for the backbone (masks stay at %dx%d)",
+            *size,
+            patch,
+            *aligned,
+            *size,
+        )
+    return aligned
 
 
 def resize_images(images: list[np.ndarray], size: int | Sequence[int]) -> torch.Tensor:
@@ -163,6 +222,7 @@ def extract(
     backbone.to(device).eval()
     use_autocast = device.type == "cuda"
     n_batches = math.ceil(n / batch_size)
+    input_size = _input_size(backbone, _size(image_size))
     dense_out: list[torch.Tensor] = []
     pooled_out: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
@@ -172,7 +232,7 @@ def extract(
         disable = True if n_batches < _PROGRESS_MIN_BATCHES else None
         for start in tqdm(range(0, n, batch_size), total=n_batches, desc="features", disable=disable):
             items = [_split(samples[i]) for i in range(start, min(start + batch_size, n))]
-            images = resize_images([image for image, _ in items], image_size)
+            images = resize_images([image for image, _ in items], input_size)
             if all(mask is not None for _, mask in items):
                 masks.append(resize_masks([mask for _, mask in items], image_size))
             x = normalize(images.to(device, non_blocking=True))

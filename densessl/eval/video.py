@@ -7,8 +7,10 @@ The protocol of CRW / videowalk (README: ``--topk 10 --videoLen 20 --radius 12 -
    default at its own resolution, as ``cropSize -1``) and each location's feature is
    L2-normalised. For a standard ResNet the encoder is CRW's: the last stage removed and
    ``layer3`` at stride 1, a stride-8 map (``encoder="crw"``, chosen by ``"auto"``); a
-   small-input ResNet is already at stride 8 and a ViT gives its patch grid, so both are used
-   whole (``"full"``).
+   small-input ResNet is already at stride 8 and a ViT gives its grid of patch tokens (no class
+   token; frames resized to the nearest multiple of the patch size, see
+   :mod:`densessl.eval.features`), so both are used whole (``"full"``). ``radius`` counts
+   feature cells, so it spans 16 px per cell on a ViT/16 against CRW's 8.
 2. The first-frame annotation is one-hot encoded per object id (0 = background, 1..n objects)
    and resized bilinearly to the feature grid.
 3. :func:`propagate`: frame ``t`` attends to a context of the first frame (long-term memory, all

@@ -4,10 +4,16 @@ Usage::
 
     densessl eval davis --weights W --data DAVIS_ROOT [--arch A --small-input --width X]
         [--split val] [--topk 10] [--context 20] [--radius 12] [--temperature 0.05]
-        [--encoder auto|crw|full] [--short-side N] [--device D] [--cache-dir DIR] [--save-dir DIR]
+        [--encoder query|teacher] [--trunk auto|crw|full] [--short-side N] [--device D]
+        [--cache-dir DIR] [--save-dir DIR]
 
 Prints one JSON line ``{"protocol": "davis", "weights": ..., "data": ..., <figures>}`` with the
 figures of :func:`densessl.eval.video.run_davis` (J&F, J and F in percent, per sequence, seconds).
+
+``--encoder`` picks the checkpoint's network (query or teacher) as in every protocol; ``--trunk``
+how much of it propagates (CRW's truncated ResNet, or the whole backbone: a ViT's patch tokens,
+its frames resized to a multiple of the patch size). ``--encoder auto|crw|full``, the former
+spelling of ``--trunk``, still works.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ __all__ = ["add_commands", "cmd_davis"]
 def add_commands(evals: argparse._SubParsersAction) -> None:
     """Add the ``davis`` protocol to the subparsers of ``densessl eval``."""
     e = evals.add_parser("davis", help="DAVIS-2017 video label propagation on frozen features (J&F)")
-    add_backbone_arguments(e)
+    # --encoder auto|crw|full, its former spelling, still names the trunk
+    add_backbone_arguments(e, extra_encoder_choices=ENCODER_MODES)
     e.add_argument(
         "--data", required=True, metavar="DAVIS_ROOT", help="the DAVIS folder (or the folder holding DAVIS/)"
     )
@@ -49,11 +56,11 @@ def add_commands(evals: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=CRW_DEFAULTS["temperature"], help="softmax temperature (0.05)"
     )
     e.add_argument(
-        "--encoder",
+        "--trunk",
         choices=ENCODER_MODES,
         default="auto",
-        help="crw: ResNet without its last stage, layer3 at stride 1 (stride 8); full: the backbone as is; "
-        "auto: crw for a standard ResNet, full otherwise",
+        help="crw: ResNet without its last stage, layer3 at stride 1 (stride 8); full: the backbone as is "
+        "(a ViT: its patch tokens); auto: crw for a standard ResNet, full otherwise",
     )
     e.add_argument(
         "--short-side",
@@ -76,6 +83,7 @@ def cmd_davis(args: argparse.Namespace) -> int:
     from densessl.data.davis import DAVIS2017
     from densessl.eval.video import run_davis
 
+    trunk = args.encoder if args.encoder in ENCODER_MODES else args.trunk
     dataset = DAVIS2017(args.data, args.split, args.resolution, sequences=args.sequences)
     result = run_davis(
         backbone_from_args(args, seed=args.seed),
@@ -85,7 +93,7 @@ def cmd_davis(args: argparse.Namespace) -> int:
         context=args.context,
         radius=args.radius,
         temperature=args.temperature,
-        encoder=args.encoder,
+        encoder=trunk,
         batch_size=args.batch_size,
         device=device_from_args(args),
         cache_dir=args.cache_dir,

@@ -58,11 +58,12 @@ def architecture_check(model: dict[str, Any], fmt: str) -> tuple[bool, str | Non
     if family(model) == "vit":
         from densessl.models.vit import VIT_ARCHITECTURES
 
-        width, depth, heads = VIT_ARCHITECTURES[model["arch"]]
+        width, default_depth, heads = VIT_ARCHITECTURES[model["arch"]]
         patch, size = int(model.get("patch_size", 16)), int(model.get("img_size", 224))
         num_heads = model.get("num_heads") or heads
+        depth = model.get("depth") or default_depth
         heads_differ = fmt != "vit" and num_heads != heads  # MGC's mm configs state their heads
-        if (patch, size) in TIMM_VIT_SIZES and not heads_differ:
+        if (patch, size) in TIMM_VIT_SIZES and not heads_differ and depth == default_depth:
             return True, None
         return False, (
             f"timm.models.vision_transformer.VisionTransformer(img_size={size}, patch_size={patch}, "
@@ -130,9 +131,28 @@ def model_config(model: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in model.items() if k in fields and v is not None})
 
 
+def backbone_for(model: dict[str, Any]) -> Backbone:
+    """A freshly initialised densessl backbone of the architecture dict ``model``."""
+    if family(model) == "vit":
+        from densessl.models.vit import ViTBackbone
+
+        # built here from the dict, so that a depth read off the weights is honoured
+        return ViTBackbone(
+            model["arch"],
+            patch_size=int(model.get("patch_size", 16)),
+            img_size=int(model.get("img_size", 224)),
+            num_heads=model.get("num_heads"),
+            depth=model.get("depth"),
+        )
+    return build_backbone(**model_config(model).backbone_kwargs())
+
+
 def build_encoder(state: dict[str, torch.Tensor], model: dict[str, Any], where: str) -> Backbone:
     """The densessl backbone for ``model`` with ``state`` loaded strictly (names and shapes)."""
-    backbone = build_backbone(**model_config(model).backbone_kwargs())
+    try:
+        backbone = backbone_for(model)
+    except ValueError as exc:  # heads that do not divide the width, an unknown architecture
+        raise CheckpointError(f"{where}: {exc}") from None
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -201,12 +221,17 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
 
 
 def load_backbone(
-    weights: str | Path, model: ModelConfig | None = None, encoder: str | None = None
+    weights: str | Path,
+    model: ModelConfig | None = None,
+    encoder: str | None = None,
+    num_heads: int | None = None,
 ) -> Backbone:
     """A backbone for evaluation from ``random``, any checkpoint :func:`read_checkpoint` reads,
     or an exported file (rebuilt from its ``.json`` sidecar, else from its weights).
 
-    ``random`` needs ``model`` (the architecture).
+    ``random`` needs ``model`` (the architecture). ``encoder`` picks the role (``query`` or
+    ``teacher``) of a file that holds both; ``num_heads`` sets a ViT's attention heads where the
+    file does not record them (MGC's default of 8 otherwise, timm's for a bare state dict).
     """
     if str(weights) == "random":
         if model is None:
@@ -214,20 +239,28 @@ def load_backbone(
         return build_backbone(**model.backbone_kwargs()).eval()
     if not Path(weights).is_file():
         raise CheckpointError(f"weights not found: {weights}")
-    contents = read_checkpoint(weights)
+    contents = read_checkpoint(weights, num_heads=num_heads)
     _, state = contents.encoder(encoder)
     arch = dict(contents.model)
     if model is not None and contents.layout not in ("densessl",):
         given = {"arch": model.arch, "small_input": model.small_input, "width": model.width}
-        if family(arch) == "resnet" and any(arch.get(k) != v for k, v in given.items()):
+        if family(arch) == "vit" or family(given) == "vit":
+            # a ViT's patch and image size are read off the weights: only the name can contradict
+            if arch["arch"] != model.arch:
+                raise CheckpointError(f"{weights} holds a {describe(arch)}, not the {model.arch} asked for")
+        elif any(arch.get(k) != v for k, v in given.items()):
             raise CheckpointError(f"{weights} holds a {describe(arch)}, not the {describe(given)} asked for")
     return build_encoder(state, arch, str(weights))
 
 
 def describe(model: dict[str, Any]) -> str:
-    """'resnet50', 'resnet18 (small input, width 0.25)', 'vit_small/16'."""
+    """'resnet50', 'resnet18 (small input, width 0.25)', 'vit_small/16', 'vit_tiny/8 (depth 2)'."""
     if family(model) == "vit":
-        return f"{model['arch']}/{model.get('patch_size', 16)}"
+        from densessl.models.vit import VIT_ARCHITECTURES
+
+        name = f"{model['arch']}/{model.get('patch_size', 16)}"
+        depth, default_depth = model.get("depth"), VIT_ARCHITECTURES[model["arch"]][1]
+        return name + (f" (depth {depth})" if depth and depth != default_depth else "")
     extras = [
         e
         for e in (
@@ -239,9 +272,11 @@ def describe(model: dict[str, Any]) -> str:
     return model["arch"] + (f" ({', '.join(extras)})" if extras else "")
 
 
-def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
-    """What ``path`` holds: layout, method, progress, config summary, encoders and the export."""
-    contents: CheckpointContents = read_checkpoint(path)
+def inspect_checkpoint(path: str | Path, num_heads: int | None = None) -> dict[str, Any]:
+    """What ``path`` holds: layout, method, progress, config summary, encoders and the export;
+    for a ViT also its patch size, image size, depth and heads (``num_heads`` where the file
+    does not record them, as for :func:`read_checkpoint`)."""
+    contents: CheckpointContents = read_checkpoint(path, num_heads=num_heads)
     report: dict[str, Any] = {
         "path": str(path),
         "layout": contents.layout,
@@ -263,6 +298,19 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
         "exported_encoder": contents.default_role,
         "formats": [name for name, f in FORMATS.items() if family(contents.model) in f.families],
     }
+    if family(contents.model) == "vit":
+        from densessl.models.vit import VIT_ARCHITECTURES
+
+        width, depth, heads = VIT_ARCHITECTURES[contents.model["arch"]]
+        report["vit"] = {
+            "patch_size": int(contents.model.get("patch_size", 16)),
+            "img_size": int(contents.model.get("img_size", 224)),
+            "width": width,
+            "depth": int(contents.model.get("depth") or depth),
+            "num_heads": int(contents.model.get("num_heads") or heads),
+            # heads leave no trace in the weights: say when the number is an assumption
+            "num_heads_recorded": bool(contents.notes.get("num_heads_recorded")) or num_heads is not None,
+        }
     if contents.config is not None:
         cfg = contents.config
         report["config"] = {

@@ -62,7 +62,7 @@ def timm_reference(model: dict[str, Any]) -> nn.Module:
             img_size=model.get("img_size", 224),
             patch_size=model.get("patch_size", 16),
             embed_dim=width,
-            depth=depth,
+            depth=model.get("depth") or depth,
             num_heads=model.get("num_heads") or heads,
             qkv_bias=True,
             class_token=True,

@@ -17,7 +17,7 @@ densecl             ``state_dict``: ``backbone.*`` (= ``encoder_q.0``),     quer
 slotcon             ``model``: ``module.encoder_k.*`` / ``encoder_q``,      teacher
                     ``args`` (a pickled argparse namespace)
 mgc                 ``base_encoder.*`` / ``momentum_encoder.*`` (bare or    query
-                    under ``state_dict``)
+                    under ``state_dict``, with or without ``module.``)
 detectron2          pickle ``{"model": {stem.*, res2..5.*: ndarray}}``      backbone
 bare                torchvision ResNet or timm ViT names, optionally under  backbone
                     ``state_dict`` / ``model`` and ``module.`` (DenseCL's
@@ -116,9 +116,13 @@ def infer_model(state: dict[str, torch.Tensor], num_heads: int | None = None) ->
         grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
         depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
         arch = VIT_WIDTHS[width]
-        if depth != 12:
-            raise CheckpointError(f"a {arch} with {depth} blocks is not supported (12 expected)")
-        return {"arch": arch, "patch_size": patch, "img_size": grid * patch, "num_heads": num_heads}
+        return {
+            "arch": arch,
+            "patch_size": patch,
+            "img_size": grid * patch,
+            "num_heads": num_heads,
+            "depth": depth,
+        }
     raise CheckpointError(
         "no ResNet (conv1, layer1..4) or ViT (cls_token, patch_embed, blocks) weights found"
     )
@@ -211,10 +215,13 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None) -> Checkpoin
     if _has(state, "backbone.") and _has(state, "encoder_k.0."):
         encoders = {"query": strip_prefix(state, "backbone."), "teacher": strip_prefix(state, "encoder_k.0.")}
         return _contents(where, "densecl", encoders, "query", "densecl", num_heads, epoch=epoch)
-    if _has(state, "base_encoder."):
+    mgc = next((p for p in ("base_encoder.", "module.base_encoder.") if _has(state, p)), None)
+    if mgc is not None:
+        # MoCo v3, which MGC's code derives from, saves the DDP-wrapped model: ``module.`` first
+        wrapper = mgc.removesuffix("base_encoder.")
         encoders = {
-            "query": strip_prefix(state, "base_encoder.", ("head.",)),
-            "teacher": strip_prefix(state, "momentum_encoder.", ("head.",)),
+            "query": strip_prefix(state, mgc, ("head.",)),
+            "teacher": strip_prefix(state, f"{wrapper}momentum_encoder.", ("head.",)),
         }
         heads = num_heads or MGC_NUM_HEADS
         return _contents(where, "mgc", encoders, "query", "mgc", heads, epoch=epoch)
@@ -251,6 +258,7 @@ def _bare(
     contents = CheckpointContents(where, layout, {"backbone": state}, "backbone", model)
     if recorded:
         contents.model.update({k: v for k, v in recorded.items() if v is not None})
+    contents.notes["num_heads_recorded"] = bool(recorded and recorded.get("num_heads"))
     return contents
 
 
@@ -272,7 +280,10 @@ def _contents(
         model = infer_model(encoders[default_role], num_heads)
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
-    return CheckpointContents(where, layout, encoders, default_role, model, method=method, **extra)
+    contents = CheckpointContents(where, layout, encoders, default_role, model, method=method, **extra)
+    # the reference layouts keep no architecture: a ViT's heads are the caller's or a default
+    contents.notes["num_heads_recorded"] = False
+    return contents
 
 
 def _densessl(where: str, ckpt: dict[str, Any]) -> CheckpointContents:
@@ -283,10 +294,13 @@ def _densessl(where: str, ckpt: dict[str, Any]) -> CheckpointContents:
     method = METHODS[config.method.name]
     state = ckpt["model"]
     encoders = {role: strip_prefix(state, f"{path}.") for role, path in method.encoders.items()}
-    fields = ("arch", "patch_size", "img_size", "num_heads")
+    fields = ("arch", "patch_size", "img_size", "num_heads", "depth")
     if not config.model.arch.startswith("vit"):
         fields = ("arch", "small_input", "width")
-    model = {k: v for k, v in to_dict(config.model).items() if k in fields}
+    # a depth of None is the architecture's own: leave it out, as for files that predate it
+    model = {k: v for k, v in to_dict(config.model).items() if k in fields and v is not None}
+    if "num_heads" in fields:
+        model.setdefault("num_heads", None)
     return CheckpointContents(
         where,
         "densessl",
@@ -297,4 +311,5 @@ def _densessl(where: str, ckpt: dict[str, Any]) -> CheckpointContents:
         epoch=ckpt.get("epoch"),
         step=ckpt.get("step"),
         config=ckpt["config"],
+        notes={"num_heads_recorded": True},
     )

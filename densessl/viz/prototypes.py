@@ -4,8 +4,9 @@ The recipe of the SlotCon authors' visualisation (evaluation spec A6), for any m
 checkpoint has prototypes (:meth:`densessl.methods.base.Method.prototype_scores`):
 
 1. every image is resized (short side) and centre-cropped, then passed through the exported
-   (teacher) branch; ``dots[n, k, h, w]`` is the cosine between prototype ``k`` and location
-   ``(h, w)`` of image ``n``;
+   (teacher) branch (a ViT's input resized to the nearest multiple of its patch size first);
+   ``dots[n, k, h, w]`` is the cosine between prototype ``k`` and location ``(h, w)`` of image
+   ``n``;
 2. each location is assigned to its best prototype; image ``n`` scores for prototype ``k`` the
    mean of ``dots[n, k]`` over the locations assigned to ``k`` (0 when there are none);
 3. for each of ``sampling`` prototypes drawn at random among those assigned somewhere, the
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from densessl.augment import normalize
 from densessl.data.base import DataError, ImageSource
 from densessl.errors import ConfigError
-from densessl.eval.features import resize_center_crop
+from densessl.eval.features import patch_aligned, patch_size_of, resize_center_crop
 from densessl.methods.base import Method
 
 TINT = (255, 0, 0)
@@ -89,10 +90,16 @@ def compute_scores(
 ) -> torch.Tensor:
     """``dots`` (N, K, h, w) in float32 on the CPU; raises ConfigError for a method without prototypes."""
     method = method.to(device).eval()
+    # a ViT takes sides that are multiples of its patch size: the crops are resized to the
+    # nearest multiple, and the scores still cover the whole picture
+    aligned = patch_aligned(images[0].shape[:2], patch_size_of(method)) if len(images) else None
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="prototype scores", unit="batch", leave=False):
         batch = torch.from_numpy(np.stack(images[start : start + batch_size])).permute(0, 3, 1, 2)
-        dots = method.prototype_scores(normalize(batch.to(device)))
+        x = normalize(batch.to(device))
+        if aligned is not None and tuple(x.shape[-2:]) != aligned:
+            x = F.interpolate(x, size=aligned, mode="bilinear", align_corners=False, antialias=True)
+        dots = method.prototype_scores(x)
         if dots is None:
             raise ConfigError(f"method '{method.name}' has no prototypes to visualise")
         out.append(dots.float().cpu())
