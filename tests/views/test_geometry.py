@@ -14,6 +14,7 @@ from torchvision.transforms import RandomResizedCrop
 from densessl.views.geometry import (
     MGC_GRANULARITIES,
     Box,
+    MGCGranularity,
     ViewRecord,
     _cell_range,
     crop_view,
@@ -346,3 +347,91 @@ def test_mgc_random_pairs_cover_same_pixels_with_dice_weights() -> None:
             expected = _brute_force_weights(a, b, gran)[: gran.cap]
             expected += [0.0] * (gran.cap - len(expected))
             assert sorted(w.tolist(), reverse=True) == pytest.approx(expected, abs=1e-9), name
+
+
+def _pixels_of_cell(rec: ViewRecord, token: int, grid: int, canvas: tuple[int, int]):
+    """Boolean mask of the source pixels under token ``token`` of a view whose box is a whole
+    number of source pixels per cell (the token index mirrored for a flipped view)."""
+    import numpy as np
+
+    row, col = divmod(token, grid)
+    if rec.flipped:
+        col = grid - 1 - col
+    kx, ky = rec.box.width // grid, rec.box.height // grid
+    mask = np.zeros(canvas, dtype=bool)
+    top, left = rec.box.top + row * ky, rec.box.left + col * kx
+    mask[top : top + ky, left : left + kx] = True
+    return mask
+
+
+def _candidates_by_pixel_count(a: ViewRecord, b: ViewRecord, crop: int, g: MGCGranularity) -> list[float]:
+    """Every candidate weight |A & B| / (|A| + |B|) from integer source-pixel rectangles, over the
+    view-a cells the strided scan visits (exclusive far edge)."""
+    grid = crop // g.cell
+    ov = a.box.overlap(b.box)
+    iou = a.box.iou(b.box)
+    rs = min(max(int(iou * g.stride_ratios[0]), g.row_clamp[0]), g.row_clamp[1])
+    cs = min(max(int(iou * g.stride_ratios[1]), g.col_clamp[0]), g.col_clamp[1])
+    kxa, kya = a.box.width // grid, a.box.height // grid
+    kxb, kyb = b.box.width // grid, b.box.height // grid
+    rows = range((ov.top - a.box.top) // kya, -(-(ov.bottom - a.box.top) // kya), rs)
+    cols = range((ov.left - a.box.left) // kxa, -(-(ov.right - a.box.left) // kxa), cs)
+    weights = []
+    for r, c in itertools.product(rows, cols):
+        ax0, ay0 = a.box.left + c * kxa, a.box.top + r * kya
+        for p, q in itertools.product(range(grid), repeat=2):
+            bx0, by0 = b.box.left + q * kxb, b.box.top + p * kyb
+            w = min(ax0 + kxa, bx0 + kxb) - max(ax0, bx0)
+            h = min(ay0 + kya, by0 + kyb) - max(ay0, by0)
+            if w > 0 and h > 0:
+                weights.append(w * h / (kxa * kya + kxb * kyb))
+    return sorted(weights, reverse=True)
+
+
+@pytest.mark.parametrize(("flip_a", "flip_b"), list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize(("crop", "scale"), [(224, 16), (48, 8)])
+def test_mgc_pairs_match_a_pixel_count_with_every_flip_and_cell_aligned_edges(flip_a, flip_b, crop, scale):
+    """Boxes with a whole number of source pixels per cell, half of them with edges exactly on
+    the other view's cell boundaries: each kept pair's tokens must cover common source pixels,
+    its weight must equal the pixel count's, and the kept set must be the count's top M."""
+    import numpy as np
+
+    gen = np.random.default_rng(crop + 2 * flip_a + flip_b)
+    grains = {
+        "patch": MGCGranularity(scale, 10, (12, 8), (2, 8), (2, 6)),
+        "region": MGCGranularity(2 * scale, 10, (8, 4), (2, 4), (1, 3)),
+    }
+    canvas = (700, 700)
+    checked = aligned = 0
+    while checked < 12:
+        grid = crop // scale
+        kxa, kya, kxb, kyb = (int(v) for v in gen.integers(1, 4, size=4) * 2)
+        a = ViewRecord(
+            Box(int(gen.integers(0, 40)), int(gen.integers(0, 40)), grid * kxa, grid * kya),
+            flip_a,
+            (crop,) * 2,
+        )
+        if checked % 2:  # b starts on a view-a cell edge: overlap edges fall on cell boundaries
+            left = a.box.left + kxa * int(gen.integers(0, grid))
+            top = a.box.top + kya * int(gen.integers(0, grid))
+        else:
+            left, top = int(gen.integers(0, 120)), int(gen.integers(0, 120))
+        b = ViewRecord(Box(left, top, grid * kxb, grid * kyb), flip_b, (crop,) * 2)
+        if a.box.iou(b.box) <= 0.2:
+            continue
+        checked += 1
+        aligned += checked % 2 == 0
+        for name, gran in grains.items():
+            ia, ib, w = mgc_correspondences(a, b, crop, **dataclasses.asdict(gran))
+            gr = crop // gran.cell
+            for k in torch.nonzero(w > 0).flatten().tolist():
+                pa = _pixels_of_cell(a, int(ia[k]), gr, canvas)
+                pb = _pixels_of_cell(b, int(ib[k]), gr, canvas)
+                common = int(np.count_nonzero(pa & pb))
+                assert common > 0, (name, k)
+                dice = common / (int(pa.sum()) + int(pb.sum()))
+                assert w[k].item() == pytest.approx(dice, rel=1e-9), (name, k)
+            expected = _candidates_by_pixel_count(a, b, crop, gran)[: gran.cap]
+            expected += [0.0] * (gran.cap - len(expected))
+            assert sorted(w.tolist(), reverse=True) == pytest.approx(expected, abs=1e-9), name
+    assert aligned == 6
