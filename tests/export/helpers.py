@@ -47,3 +47,48 @@ def densessl_checkpoint(
     ckpt = {"format": FORMAT, "config": to_dict(config), "model": method.state_dict(), "step": 7, "epoch": 1}
     torch.save(ckpt, path)
     return method
+
+
+# --- tiny ViTs and the MGC reference layout -------------------------------------------------------
+
+#: a two-block ViT-Ti/8 for 32 px inputs: the smallest network with every ViT tensor name
+TINY_VIT = {"arch": "vit_tiny", "patch_size": 8, "img_size": 32, "num_heads": 3, "depth": 2}
+#: the quick MoCo-v2 recipe on that ViT
+MOCO_VIT = [
+    "model.arch=vit_tiny",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.num_heads=3",
+    "model.depth=2",
+    "method.queue_size=16",
+]
+#: heads of the reference MGC model that are not part of either encoder
+MGC_HEAD_KEYS = ("projector_patch.0.weight", "projector_patch_momentum.0.weight", "predictor_patch.0.weight")
+
+
+def vit_state(seed: int) -> dict[str, torch.Tensor]:
+    """The state dict of a :data:`TINY_VIT` drawn with ``seed`` (timm's bare ViT names)."""
+    from densessl.models.vit import ViTBackbone
+
+    torch.manual_seed(seed)
+    model = {k: v for k, v in TINY_VIT.items() if k != "arch"}
+    return ViTBackbone(TINY_VIT["arch"], **model).state_dict()
+
+
+def mgc_checkpoint(
+    path: Path, wrapped: bool = True, ddp: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A reference MGC checkpoint of two :data:`TINY_VIT` encoders at ``path``: the online one
+    under ``base_encoder.``, the momentum one under ``momentum_encoder.``, plus head keys; as the
+    reference's ``checkpoint0800.pth`` (``{epoch, state_dict, optimizer, scaler}``) when
+    ``wrapped``, else the bare state dict; ``ddp`` puts ``module.`` in front of every key.
+    Returns (online, momentum) state dicts."""
+    online, momentum = vit_state(0), vit_state(1)
+    state = {f"base_encoder.{k}": v for k, v in online.items()}
+    state |= {f"momentum_encoder.{k}": v for k, v in momentum.items()}
+    state |= {key: torch.zeros(4, 192) for key in MGC_HEAD_KEYS}
+    if ddp:
+        state = {f"module.{k}": v for k, v in state.items()}
+    obj = {"epoch": 800, "state_dict": state, "optimizer": {"state": {}}, "scaler": {}} if wrapped else state
+    torch.save(obj, path)
+    return online, momentum

@@ -13,12 +13,13 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from densessl.export import export, load_backbone, read_checkpoint
 from densessl.training.checkpoint import CheckpointError
-from tests.export.helpers import MOCO_R18, VIT_S, densessl_checkpoint
+from tests.export.helpers import MOCO_R18, MOCO_VIT, TINY_VIT, VIT_S, densessl_checkpoint
 
 # --- densessl checkpoints and round trips --------------------------------------------------------
 
@@ -246,3 +247,29 @@ def test_detectron2_export_puts_every_batch_norms_statistics_under_its_own_name(
         weight, bias, mean, var = (torch.from_numpy(d2[f"{target}.{p}"]) for p in params)
         frozen = F.batch_norm(x, mean, var, weight, bias, training=False, eps=1e-5)
         torch.testing.assert_close(frozen, bn.eval()(x), rtol=1e-6, atol=1e-6)
+
+
+# --- ViT checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "suffix"), [("vit", ".pth"), ("timm", ".pth"), ("safetensors", ".safetensors")]
+)
+def test_a_densessl_vit_exports_the_encoder_asked_for_with_timms_bare_keys(tmp_path, fmt, suffix):
+    method = densessl_checkpoint(tmp_path / "v.pt", "quick/mocov2_synthetic.yaml", MOCO_VIT)
+    expected = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, num_classes=0
+    )
+    for role in ("query", "teacher"):
+        out = tmp_path / f"{role}{suffix}"
+        info = export(tmp_path / "v.pt", out, to=fmt, encoder=role)
+        assert info["encoder"] == role and info["model"] == TINY_VIT
+        state = load_file(out) if suffix == ".safetensors" else torch.load(out)
+        assert set(state) == set(expected.state_dict())
+        mine = method.encoder(role).state_dict()
+        assert all(torch.equal(value, mine[key]) for key, value in state.items()), role
+        x = torch.randn(2, 3, 40, 24)  # another grid than the position table's 4x4
+        with torch.no_grad():
+            assert torch.allclose(load_backbone(out)(x), method.encoder(role).eval()(x), atol=1e-5)
+    query, teacher = (load_backbone(tmp_path / f"{r}{suffix}").state_dict() for r in ("query", "teacher"))
+    assert not torch.equal(query["blocks.0.attn.qkv.weight"], teacher["blocks.0.attn.qkv.weight"])

@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from timm.models.vision_transformer import VisionTransformer
 
 from densessl.cli import main
 from densessl.config import ModelConfig, from_dict
 from densessl.export import export, inspect_checkpoint, load_backbone, read_checkpoint
 from densessl.training.checkpoint import CheckpointError
-from tests.export.helpers import MOCO_R18, RESNET18, densessl_checkpoint, state_of
+from tests.export.helpers import (
+    MOCO_R18,
+    MOCO_VIT,
+    RESNET18,
+    TINY_VIT,
+    densessl_checkpoint,
+    mgc_checkpoint,
+    state_of,
+)
 
 
 def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -124,3 +133,94 @@ def test_inspect_reports_a_densessl_checkpoint(tmp_path, capsys):
     ) - (512 * 1000 + 1000)
     assert "<- exported" in out and "detectron2" in report["formats"]
     assert from_dict(torch.load(tmp_path / "c.pt", weights_only=False)["config"]).train.batch_size == 128
+
+
+# --- a reference MGC checkpoint of a (tiny) ViT ---------------------------------------------------
+
+
+def timm_vit(num_heads: int) -> VisionTransformer:
+    """timm's own ViT of :data:`TINY_VIT`'s shape: the model the exported keys must fit."""
+    return VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=num_heads, num_classes=0
+    )
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["checkpoint0800", "state_dict"])
+@pytest.mark.parametrize(
+    ("fmt", "suffix"), [("vit", ".pth"), ("timm", ".pth"), ("safetensors", ".safetensors")]
+)
+def test_an_mgc_checkpoint_exports_the_bare_timm_keys_of_the_encoder_asked_for(
+    tmp_path, wrapped, fmt, suffix
+):
+    online, momentum = mgc_checkpoint(tmp_path / "mgc.pth", wrapped=wrapped)
+    expected = set(timm_vit(8).state_dict())
+    assert set(online) == expected  # the helper's encoders are timm's bare ViT
+    for role, mine, other in (
+        ("query", online, momentum),
+        ("teacher", momentum, online),
+        (None, online, momentum),
+    ):
+        out = tmp_path / f"{role}{suffix}"
+        info = export(tmp_path / "mgc.pth", out, to=fmt, encoder=role)
+        assert info["layout"] == "mgc" and info["encoder"] == (role or "query")
+        assert info["model"] == {**TINY_VIT, "num_heads": 8}  # MGC's heads: not in the weights
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(out)
+        else:
+            state = torch.load(out)
+        assert set(state) == expected, sorted(set(state) ^ expected)
+        for key, value in state.items():
+            assert torch.equal(value, mine[key]), (role, key)
+        assert not torch.equal(state["blocks.1.attn.qkv.weight"], other["blocks.1.attn.qkv.weight"])
+        reference = timm_vit(8).eval()
+        reference.load_state_dict(state, strict=True)
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(load_backbone(out).tokens(x), reference.forward_features(x))
+
+
+def test_a_ddp_wrapped_mgc_checkpoint_is_read_too(tmp_path):
+    online, momentum = mgc_checkpoint(tmp_path / "mgc.pth", ddp=True)
+    contents = read_checkpoint(tmp_path / "mgc.pth")
+    assert contents.layout == "mgc" and contents.epoch == 800
+    assert set(contents.encoders["teacher"]) == set(momentum)
+    assert torch.equal(
+        contents.encoders["teacher"]["blocks.0.mlp.fc1.weight"], momentum["blocks.0.mlp.fc1.weight"]
+    )
+    assert torch.equal(
+        contents.encoders["query"]["blocks.0.mlp.fc1.weight"], online["blocks.0.mlp.fc1.weight"]
+    )
+
+
+def test_inspect_describes_an_mgc_vit_and_says_its_heads_are_assumed(tmp_path, capsys):
+    mgc_checkpoint(tmp_path / "checkpoint0800.pth")
+    assert main(["inspect", str(tmp_path / "checkpoint0800.pth")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["layout"] == "mgc" and report["epoch"] == 800 and report["exported_encoder"] == "query"
+    assert report["backbone"] == "vit_tiny/8 (depth 2)" and set(report["encoders"]) == {"query", "teacher"}
+    assert report["vit"] == {
+        "patch_size": 8,
+        "img_size": 32,
+        "width": 192,
+        "depth": 2,
+        "num_heads": 8,
+        "num_heads_recorded": False,
+    }
+    assert "vit: patch 8, position table for 32 px, width 192, 2 blocks, 8 heads (not recorded" in out
+    assert report["formats"] == ["timm", "safetensors", "vit"]
+    assert main(["inspect", str(tmp_path / "checkpoint0800.pth"), "--num-heads", "3"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["vit"]["num_heads"] == 3 and report["vit"]["num_heads_recorded"] is True
+
+
+def test_inspect_describes_a_densessl_vit(tmp_path, capsys):
+    densessl_checkpoint(tmp_path / "v.pt", "quick/mocov2_synthetic.yaml", MOCO_VIT)
+    assert main(["inspect", str(tmp_path / "v.pt")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["method"] == "mocov2" and report["backbone"] == "vit_tiny/8 (depth 2)"
+    assert report["vit"]["num_heads"] == 3 and report["vit"]["num_heads_recorded"] is True
+    assert "3 heads\n" in out
