@@ -365,3 +365,83 @@ def test_two_gloo_processes_with_synchronised_heads_match_one_process():
         single.append(float(loss.detach()))
     for rank in (0, 1):
         assert results[rank] == pytest.approx(single, rel=1e-4), (results, single)
+
+
+# ---------------------------------------------------------------------------------------------
+# through the trainer
+
+#: the quick recipe shrunk to a second per run: one block, narrow heads, 8 images a step
+MGC_TINY = [
+    "data.synthetic_length=32",
+    "data.workers=0",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "train.progress=false",
+    "train.precision=fp32",
+    "model.depth=1",
+    "method.hidden_dim=16",
+]
+
+
+def logged(run_dir: Path) -> dict[int, dict]:
+    import json
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines)}
+
+
+def test_a_resumed_run_continues_the_same_momentum_and_losses(tmp_path):
+    from densessl.training.trainer import Trainer
+
+    Trainer(load_config(QUICK_MGC, [*MGC_TINY, "train.max_steps=6"]), tmp_path / "full").fit()
+    Trainer(load_config(QUICK_MGC, [*MGC_TINY, "train.max_steps=3"]), tmp_path / "cut").fit()
+    Trainer(load_config(QUICK_MGC, [*MGC_TINY, "train.max_steps=6"]), tmp_path / "cut", resume="auto").fit()
+    full, cut = logged(tmp_path / "full"), logged(tmp_path / "cut")
+    assert sorted(cut) == list(range(1, 7))
+    momenta = [full[s]["momentum"] for s in range(1, 7)]
+    assert momenta == sorted(momenta) and momenta[0] == pytest.approx(0.99)  # cosine, rising
+    for step in range(4, 7):
+        for key in ("loss", "loss_patch", "loss_region16", "loss_region24", "momentum"):
+            assert cut[step][key] == pytest.approx(full[step][key], abs=1e-6), (step, key)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mgc/coco_vits16_800ep",
+        "mgc/voc_vits16_800ep",
+        "mgc/ade20k_vits16_800ep",
+        "mgc/imagenet_vits16_200ep",
+        "quick/mgc_synthetic",
+    ],
+)
+def test_every_mgc_recipe_plays_the_views_and_builds_its_targets(name):
+    config = load_config(name)
+    MGC.check_views([v.crop for v in config.views])
+    targets = MGC.view_targets(config)
+    size = config.views[0].crop.size
+    a = ViewRecord(Box(0, 0, 300, 200), False, (size, size))
+    b = ViewRecord(Box(60, 20, 240, 180), True, (size, size), reference=0)
+    out = targets([a, b], (200, 300))
+    caps = {g.name: g.cap for g in config.method.groupings}
+    assert {k: v.shape[0] for k, v in out.items()} == {
+        f"{g}.{kind}": cap for g, cap in caps.items() for kind in ("index1", "index2", "weight")
+    }
+    assert all(float(out[f"{g}.weight"][0]) > 0 for g in caps)
+
+
+def test_the_full_recipes_state_the_references_values():
+    coco, imagenet = load_config("mgc/coco_vits16_800ep"), load_config("mgc/imagenet_vits16_200ep")
+    assert (coco.model.arch, coco.model.patch_size, coco.model.num_heads) == ("vit_small", 16, 8)
+    assert (coco.train.batch_size, coco.optim.lr, coco.optim.warmup_epochs) == (256, 1e-3, 10)
+    assert (coco.model.drop_path_rate, imagenet.model.drop_path_rate) == (0.05, 0.1)
+    assert (imagenet.train.batch_size, imagenet.optim.lr, imagenet.optim.warmup_epochs) == (512, 2e-3, 30)
+    assert (coco.optim.clip_grad, coco.optim.clip_mode, coco.optim.weight_decay) == (
+        3.0,
+        "per_parameter",
+        0.05,
+    )
+    assert coco.method.groupings == MGCConfig().groupings
+    assert load_config("mgc/voc_vits16_800ep").data.source.startswith("folder:")
