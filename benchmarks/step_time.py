@@ -1,4 +1,4 @@
-"""Training-step time of MoCo-v2, DenseCL and SlotCon on one batch, and the framework's overhead.
+"""Training-step time of MoCo-v2, DenseCL, SlotCon and MGC on one batch, and the framework's overhead.
 
 For each setting it times, on the same batch of views:
 - one full training step per method (photometric augmentation of both views on the device,
@@ -7,10 +7,14 @@ For each setting it times, on the same batch of views:
   query view, forward of the backbone on the key view (no heads, no loss, no optimiser).
 
 It prints milliseconds per step, each method's ratio to MoCo-v2 and step / bare-backbone ratios,
-and the same figures as one JSON line. Usage::
+and the same figures as one JSON line. For a method with per-sample view targets (MGC's
+correspondences) it also times their computation, which runs in the loader workers, per image.
+The ``vits16-224`` setting compares MGC with MoCo-v2 on the same ViT-S/16 (8 heads) and with
+MoCo-v2 on a ResNet-50, the unit of the methods spec's cost estimates (spec 6.1). Usage::
 
-    python benchmarks/step_time.py                      # ResNet-50/224 (batch 16) and the quick recipe
+    python benchmarks/step_time.py                      # every setting
     python benchmarks/step_time.py --setting quick --iters 20
+    python benchmarks/step_time.py --setting vits16-224 --batch-224 8
     python benchmarks/step_time.py --device cuda --precision bf16 --batch-r50 64   # on a GPU
 """
 
@@ -27,19 +31,46 @@ from densessl.config import load_config
 from densessl.methods import Step
 from densessl.training.optim import build_optimizer
 from densessl.training.trainer import build_model, prepare_views, resolve_precision
+from densessl.views.geometry import Box, ViewRecord
+from densessl.views.sampler import ViewSampler
 
-SETTINGS = {
+#: MoCo-v2's recipe on MGC's backbone, so that the two differ in the method only
+VITS16 = ["model.arch=vit_small", "model.patch_size=16", "model.num_heads=8", "model.img_size=224"]
+
+#: setting -> name -> recipe, or (recipe, overrides); MoCo-v2 is the reference of each setting
+SETTINGS: dict[str, dict[str, str | tuple[str, list[str]]]] = {
     "r50-224": {
         "densecl": "densecl/coco_r50_800ep",
         "mocov2": "mocov2/coco_r50_800ep",
         "slotcon": "slotcon/coco_r50_800ep",
     },
+    "vits16-224": {
+        "mgc": "mgc/coco_vits16_800ep",
+        "mocov2": ("mocov2/coco_r50_800ep", VITS16),
+        "mocov2_r50": "mocov2/coco_r50_800ep",
+    },
     "quick": {
         "densecl": "quick/densecl_synthetic",
+        "mgc": "quick/mgc_synthetic",
         "mocov2": "quick/mocov2_synthetic",
         "slotcon": "quick/slotcon_synthetic",
     },
 }
+
+
+def view_targets_ms(config, method_class, draws: int = 200) -> float | None:
+    """Milliseconds of CPU per image for the method's per-sample view targets, on the view records
+    the recipe's sampler draws from 480 x 640 images (a COCO-like size); None without targets."""
+    targets = method_class.view_targets(config)
+    if targets is None:
+        return None
+    sampler = ViewSampler([v.crop for v in config.views])
+    g = torch.Generator().manual_seed(0)
+    records = [sampler.sample_records(480, 640, g) for _ in range(draws)]
+    start = time.process_time()
+    for sample in records:
+        targets(sample, (480, 640))
+    return (time.process_time() - start) * 1000 / draws
 
 
 def synchronize(device: torch.device) -> None:
@@ -62,7 +93,7 @@ def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
 
 
 def measure_method(
-    recipe: str,
+    recipe: str | tuple[str, list[str]],
     batch: int,
     iters: int,
     warmup: int,
@@ -70,7 +101,9 @@ def measure_method(
     precision: str,
     channels_last: bool,
 ) -> dict:
+    recipe, extra = (recipe, []) if isinstance(recipe, str) else recipe
     overrides = [
+        *extra,
         f"train.batch_size={batch}",
         f"train.precision={precision}",
         f"train.channels_last={str(channels_last).lower()}",
@@ -94,7 +127,20 @@ def measure_method(
         .clone(),
         "flips": torch.zeros(batch, len(sizes), dtype=torch.bool),
         "image_sizes": torch.full((batch, 2), 2 * max(sizes)),
+        "accepted": torch.ones(batch, len(sizes), dtype=torch.bool),
+        "references": [v.crop.reference for v in config.views],
+        "targets": {},
     }
+    targets_fn = type(method).view_targets(config)
+    if targets_fn is not None:
+        samples = []
+        for b in range(batch):
+            boxes, flips = batch_data["boxes"][b].tolist(), batch_data["flips"][b].tolist()
+            records = [
+                ViewRecord(Box(*box), flip, (s, s)) for box, flip, s in zip(boxes, flips, sizes, strict=True)
+            ]
+            samples.append(targets_fn(records, (2 * max(sizes), 2 * max(sizes))))
+        batch_data["targets"] = {k: torch.stack([t[k] for t in samples]) for k in samples[0]}
     counter = [0]
 
     def autocast():
@@ -129,12 +175,18 @@ def measure_method(
 
     step_ms = timed(train_step, iters, warmup, device)
     bare_ms = timed(bare_step, iters, warmup, device)
-    return {
+    result = {
         "step_ms": step_ms,
         "bare_backbone_ms": bare_ms,
         "overhead": step_ms / bare_ms,
         "images_per_s": batch / step_ms * 1000,
     }
+    targets_ms = view_targets_ms(config, type(method))
+    if targets_ms is not None:
+        result["view_targets_ms_per_image"] = targets_ms
+        # loader-worker CPU for the targets, as a share of the step's time per image
+        result["view_targets_share"] = targets_ms / (step_ms / batch)
+    return result
 
 
 def measure(
@@ -158,7 +210,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=[*SETTINGS, "all"], default="all")
-    parser.add_argument("--batch-r50", type=int, default=16)
+    parser.add_argument("--batch-r50", "--batch-224", type=int, default=16, dest="batch_224")
     parser.add_argument("--batch-quick", type=int, default=128)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -175,7 +227,7 @@ def main() -> None:
         "runs": [],
     }
     for setting in settings:
-        batch = args.batch_r50 if setting == "r50-224" else args.batch_quick
+        batch = args.batch_quick if setting == "quick" else args.batch_224
         r = measure(setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last)
         report["runs"].append(r)
         print(f"[{setting}, batch {batch}, {device}]")
@@ -185,6 +237,11 @@ def main() -> None:
                 f"  {name:8s} step {m['step_ms']:9.1f} ms  bare backbone {m['bare_backbone_ms']:9.1f} ms  "
                 f"overhead x{m['overhead']:.2f}  {m['images_per_s']:.1f} img/s"
             )
+            if "view_targets_ms_per_image" in m:
+                print(
+                    f"  {name:8s} view targets {m['view_targets_ms_per_image']:.3f} ms/image in the loader "
+                    f"workers ({100 * m['view_targets_share']:.1f}% of the step time per image)"
+                )
         for name in SETTINGS[setting]:
             if name != "mocov2":
                 print(f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}")
