@@ -21,9 +21,9 @@ from densessl.config import ConfigError, ExperimentConfig, did_you_mean, load_co
 from densessl.data.synthetic import SynthConfig, SyntheticScenes, resolve_config
 from densessl.eval.segmentation import extract_features, probe_features
 from densessl.export import load_backbone
-from densessl.models.backbones import ResNetBackbone
+from densessl.models.backbones import Backbone
 from densessl.recipes import quick_methods, recipe_path
-from densessl.training.trainer import Trainer
+from densessl.training.trainer import Trainer, build_model, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,16 @@ def synthetic_preset(source: str) -> str | None:
     return source.split(":", 1)[1] if ":" in source else None
 
 
-def initial_backbone(config: ExperimentConfig) -> ResNetBackbone:
-    """The backbone exactly as pre-training with ``config`` initialises it (the random floor)."""
-    torch.manual_seed(config.train.seed)
-    return load_backbone("random", config.model)
+def initial_backbone(config: ExperimentConfig) -> Backbone:
+    """The exported backbone exactly as pre-training with ``config`` initialises it (the random
+    floor): the whole method is built as the trainer builds it, since a method may change its
+    backbone after building it (MGC re-draws every Linear layer once its momentum copy exists)."""
+    seed_everything(config.train.seed)
+    return build_model(config).export_encoder().eval()
 
 
 def probe_on_scenes(
-    backbone: ResNetBackbone,
+    backbone: Backbone,
     scenes: SynthConfig,
     probe_train: int = 600,
     probe_test: int = 300,

@@ -28,10 +28,12 @@ TINY = [
 METHOD_TINY = {
     "densecl": ["method.queue_size=16"],
     "slotcon": ["method.num_prototypes=8", "method.hidden_dim=16"],
+    # a one-block ViT; 48 px crops keep the 6x6 token grid its groupings need
+    "mgc": ["model.depth=1", "method.hidden_dim=16", "views.*.crop.size=48"],
 }
 
 
-@pytest.mark.parametrize("method", ["densecl", "slotcon"])
+@pytest.mark.parametrize("method", ["densecl", "slotcon", "mgc"])
 def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
     kwargs = {"probe_train": 8, "probe_test": 4, "probe_seeds": (0,), "probe_epochs": 1}
     summary = run_demo(tmp_path, method, [*TINY, *METHOD_TINY[method]], **kwargs)
@@ -50,7 +52,7 @@ def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
 def test_demo_of_a_method_without_a_quick_recipe_is_one_line(capsys):
     assert main(["demo", "--method", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'nope' (choose from densecl, mocov2, slotcon)" in err
+    assert "invalid choice: 'nope' (choose from densecl, mgc, mocov2, slotcon)" in err
     assert main(["demo", "--method", "slotcn"]) == 2
     assert "did you mean 'slotcon'?" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="no quick recipe for 'densecll' \\(did you mean 'densecl'\\?\\)"):
@@ -89,3 +91,23 @@ def test_the_probe_logs_each_seed_and_scores_as_the_library_probe_does(caplog):
     assert row["miou"] == pytest.approx(100 * reference["miou"])
     assert row["miou_std"] == pytest.approx(100 * reference["miou_std"])
     assert row["pixel_acc"] == pytest.approx(100 * reference["pixel_acc"])
+
+
+def test_the_random_floor_is_the_exported_backbone_as_pre_training_starts_it(tmp_path):
+    """MGC re-draws its Linear layers after copying the momentum ViT: a freshly built ViT is not
+    where pre-training starts. Its first step has lr 0 (warm-up from 0), so the checkpoint after
+    one step still holds the initial online ViT."""
+    from densessl.config import load_config
+    from densessl.demo import initial_backbone
+    from densessl.training.trainer import Trainer
+
+    overrides = [*TINY, *METHOD_TINY["mgc"], "train.max_steps=1"]
+    config = load_config(quick_config_path("mgc"), overrides)
+    result = Trainer(config, tmp_path / "run").fit()
+    started = load_backbone(result["checkpoint"]).state_dict()
+    floor = initial_backbone(config).state_dict()
+    assert set(floor) == set(started)
+    for key, value in started.items():
+        assert torch.equal(floor[key], value), key
+    fresh = load_backbone("random", config.model).state_dict()
+    assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], floor["blocks.0.attn.qkv.weight"])
