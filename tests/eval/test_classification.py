@@ -29,6 +29,7 @@ from densessl.eval.classification import (
 )
 from densessl.eval.classification_cli import add_commands
 from densessl.models.backbones import backbone_from_config
+from tests.export.helpers import mgc_checkpoint
 
 STANDARD_ORDER = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -210,3 +211,26 @@ def test_cli_commands(voc_root: Path, folders: Path, capsys: pytest.CaptureFixtu
     args = parser.parse_args(["knn", "--train", str(folders / "train"), *common])
     with pytest.raises(ConfigError, match="--val"):
         args.func(args)
+
+
+# --------------------------------------------------------------------------- ViT backbones
+
+
+def test_knn_linear_and_svm_on_an_mgc_vit_use_the_mean_of_its_patch_tokens(
+    voc_root: Path, folders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mgc_checkpoint(tmp_path / "mgc.pth")
+    # 36 px: not a multiple of the patch size (8), so the images go in at 32 px
+    vit = ["--weights", str(tmp_path / "mgc.pth"), "--image-size", "36", "--device", "cpu"]
+    for argv in (["knn", "--data", str(folders)], ["linear", "--data", str(folders), "--costs", "1"]):
+        out = _run_cli([*argv, *vit], capsys)
+        assert out["feature_dim"] == 192 and out["pooling"] == "mean of patch tokens"
+        assert 0 <= out["top1"] <= out["top5"] <= 100
+    query = _run_cli(["svm-voc07", "--data", str(voc_root), *vit], capsys)
+    teacher = _run_cli(["svm-voc07", "--data", str(voc_root), *vit, "--encoder", "teacher"], capsys)
+    assert query["pooling"] == "mean of patch tokens" and 0 <= query["map"] <= 100
+    assert query["ap_per_class"] != teacher["ap_per_class"]  # two networks, two sets of scores
+    out = _run_cli(
+        ["svm-voc07", "--data", str(voc_root), *vit, "--variant", "openselfsup", "--costs", "1"], capsys
+    )
+    assert out["feature_dim"] == 4 * 192 and 0 <= out["map"] <= 100

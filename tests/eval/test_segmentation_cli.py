@@ -15,6 +15,7 @@ from densessl.data.segsets import (
     write_leopart_voc_fixture,
 )
 from densessl.eval.segmentation_cli import add_commands, load_segmentation_data
+from tests.export.helpers import MOCO_VIT, densessl_checkpoint, mgc_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -134,3 +135,34 @@ def test_cli_data_errors() -> None:
         load_segmentation_data("synthetic:nope")
     with pytest.raises(DataError):
         load_segmentation_data("cityscapes:/does/not/exist")
+
+
+# --- ViT backbones --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mgc_file(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("mgc") / "checkpoint0800.pth"
+    mgc_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize("encoder", ["query", "teacher"])
+def test_cli_seg_probe_on_an_mgc_vit_reads_its_patch_tokens(mgc_file, encoder, capsys) -> None:
+    # 36 px is not a multiple of the patch size (8): the images go in at 32 px
+    argv = ["seg-probe", "--weights", str(mgc_file), "--encoder", encoder, *SYNTH, "--image-size", "36"]
+    probe = ["--preset", "leopart", "--train-resolution", "18", "--epochs", "1", "--batch-size", "6"]
+    r = _run([*argv, *probe], capsys)
+    assert r["head"] == "linear" and r["image_size"] == 36
+    assert np.isfinite(r["miou"]) and 0 <= r["miou"] <= 100
+    assert np.isfinite(r["iou_per_class"]).all() and np.isfinite(r["pixel_acc"])
+    assert r["lr"] == 0.01  # Leopart's learning rate for a ViT (0.1 for a ResNet)
+
+
+def test_cli_seg_nn_and_cluster_on_a_densessl_vit(tmp_path, capsys) -> None:
+    densessl_checkpoint(tmp_path / "v.pt", "quick/mocov2_synthetic.yaml", MOCO_VIT)
+    vit = ["--weights", str(tmp_path / "v.pt"), *SYNTH, "--image-size", "40"]
+    r = _run(["seg-nn", *vit, "--k", "5"], capsys)
+    assert r["feature_shape"][-2:] == [5, 5] and np.isfinite(r["miou"])
+    r = _run(["seg-cluster", *vit, "--seeds", "0", "--n-init", "1", "--pca-dim", "8"], capsys)
+    assert np.isfinite(r["miou"]) and np.isfinite(r["retrieval"]["miou"])

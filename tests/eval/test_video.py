@@ -20,6 +20,7 @@ from densessl.data.synthetic_clips import clip_name, write_synthetic_davis
 from densessl.eval.video import labels_to_ids, one_hot_labels, propagate, run_davis, video_encoder
 from densessl.eval.video_cli import add_commands
 from densessl.models.backbones import backbone_from_config
+from tests.export.helpers import mgc_checkpoint
 
 
 def box(shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -203,3 +204,25 @@ def test_davis_command(synth_root: Path, capsys: pytest.CaptureFixture[str]) -> 
     args = parser.parse_args([*argv, "--topk", "0"])
     with pytest.raises(ConfigError, match="topk"):
         args.func(args)
+
+
+def test_davis_on_an_mgc_vit_propagates_its_patch_tokens(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mgc_checkpoint(tmp_path / "mgc.pth")
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="protocol"))
+    # a short side of 36 px is 4.5 patches: the frames go in at 32 px, a 4x4 grid of tokens
+    argv = ["davis", "--weights", str(tmp_path / "mgc.pth"), "--data", str(synth_root), "--short-side", "36"]
+    argv += ["--device", "cpu", "--sequences", clip_name(0)]
+    for encoder in ("query", "teacher"):
+        args = parser.parse_args([*argv, "--encoder", encoder])
+        assert args.trunk == "auto" and args.func(args) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["encoder"] == "full" and out["sequences"][clip_name(0)]["feature_grid"] == [4, 4]
+        assert 0.0 <= out["J&F-Mean"] <= 100.0
+    # the former spelling of --trunk still names it; a ViT has no CRW trunk
+    for words in (["--encoder", "crw"], ["--trunk", "crw"]):
+        args = parser.parse_args([*argv, *words])
+        with pytest.raises(ConfigError, match="'crw' needs a ResNet backbone, got ViTBackbone"):
+            args.func(args)
