@@ -236,7 +236,10 @@ def load_backbone(
     if str(weights) == "random":
         if model is None:
             raise ConfigError("--weights random needs the architecture (--arch ...)")
-        return build_backbone(**model.backbone_kwargs()).eval()
+        try:
+            return build_backbone(**model.backbone_kwargs()).eval()
+        except ValueError as exc:  # heads that do not divide a ViT's width, an unknown name
+            raise ConfigError(f"--weights random: {exc}") from None
     if not Path(weights).is_file():
         raise CheckpointError(f"weights not found: {weights}")
     contents = read_checkpoint(weights, num_heads=num_heads)

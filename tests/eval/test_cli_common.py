@@ -8,7 +8,7 @@ import argparse
 import pytest
 import torch
 
-from densessl.errors import CheckpointError
+from densessl.errors import CheckpointError, ConfigError
 from densessl.eval.cli_common import add_backbone_arguments, backbone_from_args
 from densessl.export import export
 from densessl.models.vit import ViTBackbone
@@ -34,6 +34,8 @@ def test_encoder_picks_the_online_or_the_momentum_vit_of_an_mgc_checkpoint(tmp_p
         assert all(torch.equal(state[k], v) for k, v in expected.items()), argv
     backbone = backbone_from_args(parse("--weights", str(tmp_path / "mgc.pth"), "--num-heads", "3"))
     assert backbone.num_heads == 3
+    with pytest.raises(CheckpointError, match="width 192 is not divisible by 7 heads"):
+        backbone_from_args(parse("--weights", str(tmp_path / "mgc.pth"), "--num-heads", "7"))
 
 
 def test_a_role_the_file_does_not_hold_is_one_line(tmp_path):
@@ -49,3 +51,7 @@ def test_a_random_vit_takes_its_patch_size(tmp_path):
     backbone = backbone_from_args(parse("--weights", "random", "--arch", "vit_tiny", "--patch-size", "8"))
     assert isinstance(backbone, ViTBackbone) and backbone.patch_size == 8
     assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 4, 4)
+    with pytest.raises(
+        ConfigError, match="--weights random: vit_tiny: width 192 is not divisible by 7 heads"
+    ):
+        backbone_from_args(parse("--weights", "random", "--arch", "vit_tiny", "--num-heads", "7"))

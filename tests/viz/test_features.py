@@ -48,6 +48,14 @@ def test_viz_features_draws_an_mgc_vit(tmp_path, capsys, encoder):
     assert json.loads((tmp_path / f"{encoder}.png.json").read_text())["names"][0] == "val:0"
 
 
+def prototypes_error(checkpoint, capsys) -> str:
+    """The error line of ``viz prototypes`` on ``checkpoint``, which must write no picture."""
+    out = checkpoint.with_name("p.png")
+    assert main(["viz", "prototypes", str(checkpoint), "--data", "synthetic", "--out", str(out)]) == 2
+    assert not out.exists()
+    return capsys.readouterr().err.strip()
+
+
 def test_viz_features_and_prototypes_on_a_densessl_vit(tmp_path, capsys):
     densessl_checkpoint(tmp_path / "v.pt", "quick/mocov2_synthetic.yaml", MOCO_VIT)
     argv = ["viz", "features", "--weights", str(tmp_path / "v.pt"), "--data", "synthetic", "--limit", "2"]
@@ -56,33 +64,12 @@ def test_viz_features_and_prototypes_on_a_densessl_vit(tmp_path, capsys):
     assert summary["image_size"] == 32 and summary["feature_map"] == [4, 4]  # the ViT's img_size
     assert (tmp_path / "f.png").is_file()
     # MoCo-v2 has no prototypes: one line that names the picture it does have
-    argv = [
-        "viz",
-        "prototypes",
-        str(tmp_path / "v.pt"),
-        "--data",
-        "synthetic",
-        "--out",
-        str(tmp_path / "p.png"),
-    ]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = prototypes_error(tmp_path / "v.pt", capsys)
     assert "has no prototypes" in err and "viz features --weights" in err and "\n" not in err
 
 
 def test_viz_prototypes_on_a_reference_file_points_to_viz_features(tmp_path, capsys):
     mgc_checkpoint(tmp_path / "mgc.pth")
-    argv = [
-        "viz",
-        "prototypes",
-        str(tmp_path / "mgc.pth"),
-        "--data",
-        "synthetic",
-        "--out",
-        str(tmp_path / "p.png"),
-    ]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = prototypes_error(tmp_path / "mgc.pth", capsys)
     assert err.startswith("densessl: error:") and "not a densessl training checkpoint" in err
     assert "viz features --weights" in err and "\n" not in err
-    assert not (tmp_path / "p.png").exists()

@@ -22,6 +22,7 @@ from densessl.viz.prototypes import (
     tint,
     upsampled_assignment,
 )
+from tests.export.helpers import MOCO_VIT, densessl_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SLOTCON = [
@@ -152,3 +153,17 @@ def test_viz_prototypes_refuses_a_method_without_prototypes(tmp_path, capsys):
     assert main(argv) == 2
     assert "no prototypes" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_prototypes_of_a_slotcon_vit_at_a_size_off_its_patch_grid(tmp_path, capsys):
+    vit = [o for o in MOCO_VIT if not o.startswith("method.")]
+    overrides = [*vit, "method.num_prototypes=8", "method.hidden_dim=16"]
+    densessl_checkpoint(tmp_path / "s.pt", "quick/slotcon_synthetic.yaml", overrides)
+    out = tmp_path / "protos.png"
+    # 36 px crops are 4.5 patches of 8: the teacher sees them at 32 px, the tiles stay at 36
+    argv = ["viz", "prototypes", str(tmp_path / "s.pt"), "--data", "synthetic", "--limit", "6"]
+    assert main([*argv, "--size", "36", "--topk", "2", "--sampling", "3", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["image_size"] == 36 and summary["feature_map"] == [4, 4] and summary["num_prototypes"] == 8
+    with Image.open(out) as png:
+        assert png.format == "PNG"
