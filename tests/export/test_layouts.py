@@ -164,6 +164,9 @@ def test_an_mgc_checkpoint_exports_the_bare_timm_keys_of_the_encoder_asked_for(
         info = export(tmp_path / "mgc.pth", out, to=fmt, encoder=role)
         assert info["layout"] == "mgc" and info["encoder"] == (role or "query")
         assert info["model"] == {**TINY_VIT, "num_heads": 8}  # MGC's heads: not in the weights
+        # two blocks at 32 px is no timm model: the construction that loads the file is named
+        assert info["standard_architecture"] is False
+        assert "patch_size=8, embed_dim=192, depth=2, num_heads=8, num_classes=0)" in info["load_with"]
         if suffix == ".safetensors":
             from safetensors.torch import load_file
 
