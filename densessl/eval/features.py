@@ -177,7 +177,8 @@ def weights_digest(backbone: nn.Module) -> str:
 
 
 def cache_key(backbone: nn.Module, samples: Sequence[Any], *settings: Any) -> str:
-    """Key of a feature cache entry: weights, the samples' identity and the extraction settings."""
+    """Key of a feature cache entry: weights (and a ViT's heads), the samples' identity and the
+    extraction settings."""
     describe = getattr(samples, "describe", None)
     n = len(samples)
     probes = (0, n // 2, n - 1) if n else ()
@@ -186,8 +187,13 @@ def cache_key(backbone: nn.Module, samples: Sequence[Any], *settings: Any) -> st
     else:  # no names: identify the samples by the content of a few of them
         images = [np.ascontiguousarray(_split(samples[i])[0]) for i in probes]
         names = [hashlib.sha1(image.tobytes()).hexdigest() for image in images]
-    text = repr((weights_digest(backbone), type(samples).__name__, n, names, settings))
-    return hashlib.sha1(text.encode()).hexdigest()[:20]
+    key: tuple[Any, ...] = (weights_digest(backbone), type(samples).__name__, n, names, settings)
+    # a ViT's attention heads leave no trace in its weights (an MGC file read with 8 or 6 heads
+    # holds the same tensors), yet they change every feature
+    heads = [m.num_heads for m in backbone.modules() if hasattr(m, "patch_embed") and hasattr(m, "num_heads")]
+    if heads:
+        key += (("num_heads", *heads),)
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:20]
 
 
 @torch.no_grad()

@@ -65,3 +65,15 @@ def test_a_non_square_input_fits_each_side(vit):
     assert features.dense.shape[-2:] == (4, 6)
     assert torch.isfinite(features.dense).all()
     assert F.adaptive_avg_pool2d(features.dense, 1).shape == (1, 192, 1, 1)
+
+
+def test_the_cache_tells_apart_vits_that_differ_only_in_their_heads(vit, tmp_path):
+    # the same tensors read with 3 or 6 heads: same weights, other features
+    six = ViTBackbone("vit_tiny", patch_size=8, img_size=32, num_heads=6, depth=2).eval()
+    six.load_state_dict(vit.state_dict())
+    data = samples(2, 32)
+    first = extract(vit, data, 32, cache_dir=tmp_path)
+    second = extract(six, data, 32, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert not torch.allclose(first.dense, second.dense)
+    torch.testing.assert_close(extract(six, data, 32, cache_dir=tmp_path).dense, second.dense)
