@@ -189,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a backbone (each protocol ends with one JSON line)")
     evals = p.add_subparsers(dest="protocol", required=True)
-    from densessl.eval import classification_cli, segmentation_cli, video_cli
+    from densessl.eval import classification_cli, finetune_cli, segmentation_cli, video_cli
 
-    for module in (segmentation_cli, classification_cli, video_cli):
+    for module in (segmentation_cli, finetune_cli, classification_cli, video_cli):
         module.add_commands(evals)
     for parser_ in evals.choices.values():
         parser_.add_argument(
