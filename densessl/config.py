@@ -347,7 +347,8 @@ def _check_method(method: Any) -> None:
         elif "momentum" in name or "weight" in name or "lambda" in name or name.endswith("_p"):
             _require(key, value, 0, 1)
         elif isinstance(value, int) and "seed" not in name:
-            _require(key, value, 1)
+            # counts of epochs may be 0 (a warm-up that is off); sizes and counts of items may not
+            _require(key, value, 0 if name.endswith("_epochs") else 1)
     validate = getattr(method, "validate", None)
     if callable(validate):
         try:

@@ -158,7 +158,7 @@ def test_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: protos.png)" in text and "images per prototype (default: 5)" in text
     assert main(["demo", "--help"]) == 0
-    assert "{densecl,mocov2,slotcon}" in capsys.readouterr().out
+    assert "{densecl,mgc,mocov2,revisited_moco,slotcon}" in capsys.readouterr().out
 
 
 def test_recipes_lists_every_shipped_recipe_on_one_line(capsys):

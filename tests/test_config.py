@@ -187,7 +187,10 @@ def test_overrides_apply_to_nested_keys_lists_and_all_views():
         ("optim.schedule=cosin", "invalid value 'cosin' (did you mean 'cosine'?)"),
         ("method.name=densecll", "invalid value 'densecll' (did you mean 'densecl'?)"),
         ("train.epochs=many", "train.epochs must be an integer, got 'many'"),
-        ("method.name=simclr", "invalid value 'simclr'; valid choices: densecl, mgc, mocov2, slotcon"),
+        (
+            "method.name=simclr",
+            "invalid value 'simclr'; valid choices: densecl, mgc, mocov2, revisited_moco, slotcon",
+        ),
         ("views.5.crop.size=3", "not an index of a list of 2 items"),
         ("trainepochs", "must look like key.sub=value"),
     ],

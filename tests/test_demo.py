@@ -52,7 +52,7 @@ def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
 def test_demo_of_a_method_without_a_quick_recipe_is_one_line(capsys):
     assert main(["demo", "--method", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'nope' (choose from densecl, mgc, mocov2, slotcon)" in err
+    assert "invalid choice: 'nope' (choose from densecl, mgc, mocov2, revisited_moco, slotcon)" in err
     assert main(["demo", "--method", "slotcn"]) == 2
     assert "did you mean 'slotcon'?" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="no quick recipe for 'densecll' \\(did you mean 'densecl'\\?\\)"):

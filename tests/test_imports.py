@@ -86,7 +86,7 @@ def test_listing_methods_imports_none_of_them() -> None:
         """
     )
     names, listed, found, modules = result
-    assert names == listed == ["densecl", "mgc", "mocov2", "slotcon"]
+    assert names == listed == ["densecl", "mgc", "mocov2", "revisited_moco", "slotcon"]
     assert found is True
     assert modules == ["densessl.methods.configs", "densessl.methods.registry"]
 

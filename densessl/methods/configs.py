@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["DenseCLConfig", "MGCConfig", "MGCGrouping", "MoCoV2Config", "SlotConConfig"]
+__all__ = [
+    "DenseCLConfig",
+    "MGCConfig",
+    "MGCGrouping",
+    "MoCoV2Config",
+    "RevisitedMoCoConfig",
+    "SlotConConfig",
+]
 
 
 @dataclass
@@ -36,6 +43,30 @@ class DenseCLConfig(MoCoV2Config):
     name: Literal["densecl"] = "densecl"  # type: ignore[assignment]
     #: weight of the dense term; the global term gets 1 - loss_lambda
     loss_lambda: float = 0.5
+
+
+@dataclass
+class RevisitedMoCoConfig(MoCoV2Config):
+    """MoCo-v2 with constrained multi-crop and the nearest-neighbour loss
+    (:mod:`densessl.methods.revisited_moco`)."""
+
+    name: Literal["revisited_moco"] = "revisited_moco"  # type: ignore[assignment]
+    momentum: float = 0.995
+    #: neighbours of each query, looked up in backbone space among the queued keys
+    knn_topk: int = 20
+    #: weight of the nearest-neighbour term
+    knn_weight: float = 0.4
+    #: ``released``: the current keys enter both queues before the neighbour search, after the
+    #: negative logits (the repository's main script); ``consistent``: search, then enqueue (its
+    #: warm-up script)
+    enqueue_order: Literal["released", "consistent"] = "released"
+    #: epochs trained with the MoCo term only before the neighbour term starts (0: from the start)
+    knn_warmup_epochs: int = 0
+
+    def validate(self) -> None:
+        """ValueError with one line when the neighbours do not fit the queue."""
+        if self.knn_topk > self.queue_size:
+            raise ValueError(f"knn_topk {self.knn_topk} exceeds queue_size {self.queue_size}")
 
 
 @dataclass

@@ -33,6 +33,11 @@ class Encoder(nn.Module):
         dense = self.backbone(images)
         return dense, self.head(dense)
 
+    def forward_pooled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's pooled feature (B, C) and the projection of it (B, dim)."""
+        _, pooled = self.backbone.forward_pooled(images)
+        return pooled, self.head.mlp(pooled)
+
 
 @register
 class MoCoV2(Method):

@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from densessl.methods.configs import DenseCLConfig, MGCConfig, MoCoV2Config, SlotConConfig
+from densessl.methods.configs import (
+    DenseCLConfig,
+    MGCConfig,
+    MoCoV2Config,
+    RevisitedMoCoConfig,
+    SlotConConfig,
+)
 
 if TYPE_CHECKING:
     from densessl.methods.base import Method
@@ -64,6 +70,7 @@ _SPECS: dict[str, MethodSpec] = {
         MethodSpec("densecl", DenseCLConfig, "densessl.methods.densecl:DenseCL"),
         MethodSpec("slotcon", SlotConConfig, "densessl.methods.slotcon:SlotCon"),
         MethodSpec("mgc", MGCConfig, "densessl.methods.mgc:MGC"),
+        MethodSpec("revisited_moco", RevisitedMoCoConfig, "densessl.methods.revisited_moco:RevisitedMoCo", 3),
     )
 }
 

@@ -15,7 +15,13 @@ from densessl.methods import METHODS, Method, build_method, method_names, method
 from densessl.methods.base import METHODS as BASE_METHODS
 from densessl.methods.base import build_method as base_build_method
 from densessl.methods.base import register as base_register
-from densessl.methods.configs import DenseCLConfig, MGCConfig, MoCoV2Config, SlotConConfig
+from densessl.methods.configs import (
+    DenseCLConfig,
+    MGCConfig,
+    MoCoV2Config,
+    RevisitedMoCoConfig,
+    SlotConConfig,
+)
 from tests.helpers import tiny_factory
 
 BUILT_IN = {
@@ -23,6 +29,7 @@ BUILT_IN = {
     "densecl": ("densessl.methods.densecl", "DenseCL", DenseCLConfig),
     "slotcon": ("densessl.methods.slotcon", "SlotCon", SlotConConfig),
     "mgc": ("densessl.methods.mgc", "MGC", MGCConfig),
+    "revisited_moco": ("densessl.methods.revisited_moco", "RevisitedMoCo", RevisitedMoCoConfig),
 }
 
 
