@@ -227,3 +227,27 @@ def test_inspect_describes_a_densessl_vit(tmp_path, capsys):
     assert report["method"] == "mocov2" and report["backbone"] == "vit_tiny/8 (depth 2)"
     assert report["vit"]["num_heads"] == 3 and report["vit"]["num_heads_recorded"] is True
     assert "3 heads\n" in out
+
+
+def test_revisited_moco_checkpoint_with_its_backbone_queue(tmp_path):
+    """The revisited-MoCo repository's ``checkpoint.pth.tar``: the MoCo layout plus a 2048-d
+    backbone queue, which must stay out of every export."""
+    from densessl.export.formats import torchvision_keys
+
+    q, k = state_of(ModelConfig(arch="resnet18"), 0), state_of(ModelConfig(arch="resnet18"), 1)
+    state = {**prefixed(q, "module.encoder_q."), **prefixed(k, "module.encoder_k.")}
+    state |= {
+        "module.encoder_q.fc.0.weight": torch.zeros(512, 512),
+        "module.encoder_q.fc.2.bias": torch.zeros(128),
+    }
+    state |= {"module.encoder_k.fc.0.weight": torch.zeros(512, 512)}
+    state |= {"module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    state |= {"module.queue_backbone": torch.randn(512, 16)}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
+    for role, expected in (("query", q), ("teacher", k)):
+        info = export(path, tmp_path / f"{role}.pth", to="torchvision", encoder=role)
+        assert info["layout"] == "moco" and info["epoch"] == 800
+        exported = torch.load(tmp_path / f"{role}.pth")
+        assert set(exported) == torchvision_keys({"arch": "resnet18"})
+        assert all(torch.equal(exported[name], expected[name]) for name in exported)

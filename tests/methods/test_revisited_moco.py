@@ -229,6 +229,15 @@ def test_a_resumed_run_continues_the_same_losses_with_both_queues_restored(tmp_p
     # epoch copies are light: no backbone queue
     epoch_copy = torch.load(tmp_path / "full/checkpoints/epoch_0001.pt", weights_only=False)["model"]
     assert "queue.keys" in epoch_copy and "backbone_queue.keys" not in epoch_copy
+    # an export holds the query backbone and nothing else
+    from densessl.export import export
+
+    export(tmp_path / "full/checkpoints/last.pt", tmp_path / "backbone.pth", to="torchvision")
+    exported = torch.load(tmp_path / "backbone.pth")
+    config = load_config(QUICK, TINY)
+    from densessl.training.trainer import build_model
+
+    assert set(exported) == set(build_model(config).encoder_q.backbone.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------
