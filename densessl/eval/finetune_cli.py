@@ -21,6 +21,7 @@ from typing import Any
 from densessl.errors import ConfigError
 from densessl.eval.cli_common import add_backbone_arguments, backbone_from_args, device_from_args, emit
 from densessl.eval.segmentation_cli import DATA_HELP, load_segmentation_data, to_percent
+from densessl.runtime import available_cores
 
 __all__ = ["add_commands", "cmd_seg_finetune"]
 
@@ -73,7 +74,10 @@ def add_commands(evals: argparse._SubParsersAction) -> None:
     e.add_argument("--runs", type=int, default=1, help="fine-tune N times (seeds seed..seed+N-1) and average")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
-        "--workers", type=int, default=None, help="data-loading processes (default: 0 on synthetic, else 4)"
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading processes (default: 0 on synthetic, else up to 4)",
     )
     e.add_argument(
         "--absent",
@@ -142,7 +146,8 @@ def cmd_seg_finetune(args: argparse.Namespace) -> int:
             f"seg-finetune fine-tunes ResNets only (it dilates their layer4); {args.weights} holds a "
             f"{type(backbone).__name__}"
         )
-    workers = args.workers if args.workers is not None else (0 if synthetic else 4)
+    # the scenes are drawn in memory; photographs are decoded and resized on the CPU
+    workers = args.workers if args.workers is not None else (0 if synthetic else min(4, available_cores()))
     result = run_finetune(
         backbone,
         data.train,
