@@ -270,4 +270,4 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     densessl_checkpoint(tmp_path / "v.pt", "quick/mocov2_synthetic.yaml", MOCO_VIT)
     assert main(["eval", "seg-finetune", "--weights", str(tmp_path / "v.pt"), *SYNTH, *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ResNets only" in err[0]
+    assert len(err) == 1 and "ResNets only" in err[0] and str(tmp_path / "v.pt") in err[0]
