@@ -271,3 +271,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["eval", "seg-finetune", "--weights", str(tmp_path / "v.pt"), *SYNTH, *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ResNets only" in err[0] and str(tmp_path / "v.pt") in err[0]
+
+
+def test_cli_fine_tunes_a_densessl_checkpoint(tmp_path, capsys) -> None:
+    densessl_checkpoint(
+        tmp_path / "r.pt", "quick/mocov2_synthetic.yaml", ["model.width=0.125", "method.queue_size=16"]
+    )
+    r = _run(["seg-finetune", "--weights", str(tmp_path / "r.pt"), *SYNTH, *FAST, "--epochs", "1"], capsys)
+    assert r["weights"] == str(tmp_path / "r.pt") and r["output_stride"] == 4 and math.isfinite(r["miou"])
