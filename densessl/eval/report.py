@@ -28,6 +28,8 @@ HEADLINES: dict[str, str] = {
     "knn": "top1",
     "linear": "top1",
     "davis": "J&F-Mean",
+    # the final epoch's mIoU; the best epoch chosen on the validation set is not a headline
+    "seg-finetune": "miou",
 }
 #: protocols whose lines saved before ``unit`` was written hold fractions
 FRACTION_BEFORE_UNIT = frozenset({"seg-probe", "seg-nn", "seg-cluster"})

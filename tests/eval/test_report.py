@@ -120,3 +120,10 @@ def test_variants_of_a_protocol_are_separate_columns(tmp_path):
         ],
     )
     assert collect([run])["r"] == {"svm-voc07 revisited": 40.0, "svm-voc07 openselfsup": 45.0}
+
+
+def test_seg_finetune_reports_its_final_epoch_not_the_best_on_val(tmp_path):
+    line = {"protocol": "seg-finetune", "data": "synthetic", "unit": "percent", "miou": 9.24}
+    line["best_on_val"] = {"miou": 9.9, "epoch": 4}
+    run = write_run(tmp_path, "finetuned", [line])
+    assert collect([run]) == {"finetuned": {"seg-finetune": pytest.approx(9.24)}}
