@@ -6,7 +6,10 @@ For each setting it times, on the same batch of views:
 - the bare backbone work those steps cannot avoid: forward + backward of the backbone on the
   query view, forward of the backbone on the key view (no heads, no loss, no optimiser).
 
-It prints milliseconds per step, each method's ratio to MoCo-v2 and step / bare-backbone ratios,
+The methods of a setting are timed in alternation (one step of each, in turn, ``--iters`` times),
+so their ratios hold on a shared machine. It prints milliseconds per step, each method's ratio to
+MoCo-v2 and step / bare-backbone ratios (bare = one query forward and backward and one key
+forward; a symmetric method such as MGC does both twice),
 and the same figures as one JSON line. For a method with per-sample view targets (MGC's
 correspondences) it also times their computation, which runs in the loader workers, per image.
 The ``vits16-224`` setting compares MGC with MoCo-v2 on the same ViT-S/16 (8 heads) and with
@@ -92,15 +95,15 @@ def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure_method(
+def build_steps(
     recipe: str | tuple[str, list[str]],
     batch: int,
-    iters: int,
-    warmup: int,
     device: torch.device,
     precision: str,
     channels_last: bool,
 ) -> dict:
+    """A method's full training step and its bare backbone passes as two callables, on one fixed
+    batch, and the per-image cost of its view targets (None without)."""
     recipe, extra = (recipe, []) if isinstance(recipe, str) else recipe
     overrides = [
         *extra,
@@ -173,20 +176,7 @@ def measure_method(
         with torch.no_grad(), autocast():
             teacher(xk)
 
-    step_ms = timed(train_step, iters, warmup, device)
-    bare_ms = timed(bare_step, iters, warmup, device)
-    result = {
-        "step_ms": step_ms,
-        "bare_backbone_ms": bare_ms,
-        "overhead": step_ms / bare_ms,
-        "images_per_s": batch / step_ms * 1000,
-    }
-    targets_ms = view_targets_ms(config, type(method))
-    if targets_ms is not None:
-        result["view_targets_ms_per_image"] = targets_ms
-        # loader-worker CPU for the targets, as a share of the step's time per image
-        result["view_targets_share"] = targets_ms / (step_ms / batch)
-    return result
+    return {"step": train_step, "bare": bare_step, "targets_ms": view_targets_ms(config, type(method))}
 
 
 def measure(
@@ -198,9 +188,34 @@ def measure(
     precision: str,
     channels_last: bool,
 ) -> dict:
+    """Medians over ``iters`` rounds; each round times every method's step and bare passes in
+    turn, so that a load that comes and goes on a shared machine weighs on all of them alike."""
+    steps = {
+        name: build_steps(recipe, batch, device, precision, channels_last)
+        for name, recipe in SETTINGS[setting].items()
+    }
+    for fns in steps.values():
+        for _ in range(warmup):
+            fns["step"]()
+            fns["bare"]()
+    times: dict[str, dict[str, list[float]]] = {name: {"step": [], "bare": []} for name in steps}
+    for _ in range(iters):
+        for name, fns in steps.items():
+            for kind in ("step", "bare"):
+                times[name][kind].append(timed(fns[kind], 1, 0, device))
     results: dict = {"setting": setting, "batch": batch}
-    for name, recipe in SETTINGS[setting].items():
-        results[name] = measure_method(recipe, batch, iters, warmup, device, precision, channels_last)
+    for name, fns in steps.items():
+        step_ms, bare_ms = statistics.median(times[name]["step"]), statistics.median(times[name]["bare"])
+        results[name] = {
+            "step_ms": step_ms,
+            "bare_backbone_ms": bare_ms,
+            "overhead": step_ms / bare_ms,
+            "images_per_s": batch / step_ms * 1000,
+        }
+        if fns["targets_ms"] is not None:
+            results[name]["view_targets_ms_per_image"] = fns["targets_ms"]
+            # loader-worker CPU for the targets, as a share of the step's time per image
+            results[name]["view_targets_share"] = fns["targets_ms"] / (step_ms / batch)
     for name in SETTINGS[setting]:
         if name != "mocov2":
             results[f"{name}_over_mocov2"] = results[name]["step_ms"] / results["mocov2"]["step_ms"]
