@@ -445,3 +445,20 @@ def test_the_full_recipes_state_the_references_values():
     )
     assert coco.method.groupings == MGCConfig().groupings
     assert load_config("mgc/voc_vits16_800ep").data.source.startswith("folder:")
+
+
+@pytest.mark.parametrize("role,module", [("query", "base_encoder"), ("teacher", "momentum_encoder")])
+def test_an_mgc_checkpoint_exports_either_vit_with_timms_bare_keys(tmp_path, role, module):
+    from densessl.export import export
+    from densessl.training.trainer import Trainer
+
+    config = load_config(QUICK_MGC, [*MGC_TINY, "train.max_steps=2"])
+    result = Trainer(config, tmp_path / "run").fit()
+    out = tmp_path / f"{role}.pth"
+    export(result["checkpoint"], out, to="vit", encoder=role)
+    exported = torch.load(out)
+    state = torch.load(result["checkpoint"], weights_only=False)["model"]
+    expected = {k[len(module) + 1 :]: v for k, v in state.items() if k.startswith(module + ".")}
+    assert set(exported) == set(expected) and "cls_token" in exported and "pos_embed" in exported
+    assert not any(k.startswith(("head", "fc_norm")) for k in exported)
+    assert all(torch.equal(exported[k], expected[k]) for k in exported)
