@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,3 +95,48 @@ TINY = [
     "views.*.crop.size=32",
     "model.width=0.125",
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_entry(rank: int, world: int, port: int, queue: Any, worker: Callable, args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        queue.put((rank, worker(rank, world, *args)))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_gloo_processes(
+    worker: Callable, *args: Any, world: int = 2, timeout: float = 120
+) -> dict[int, Any]:
+    """``worker(rank, world, *args)`` in ``world`` spawned processes joined in a gloo group, one
+    thread each; returns ``{rank: what it returned}``.
+
+    ``worker`` must be a module-level function, and what it returns plain data (numbers, numpy
+    arrays): a tensor crosses processes as a shared-memory handle that dies with its process,
+    which may exit before the parent reads it.
+    """
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_gloo_entry, args=(r, world, port, queue, worker, args)) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=timeout) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results

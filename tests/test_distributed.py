@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods import Step
 from densessl.methods.densecl import DenseCL, DenseCLConfig
-from tests.helpers import random_views, tiny_factory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import random_views, run_in_gloo_processes, tiny_factory
 
 
 def bn_encoder() -> nn.Module:
@@ -55,52 +45,37 @@ def test_single_process_shuffle_bn_uses_group_statistics():
     assert not torch.allclose(out, encoder(x), atol=1e-4)  # whole-batch statistics differ
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        # shuffle-BN across processes equals the single-process substitute with groups=world
-        encoder = bn_encoder().train()
-        x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
-        local = x.chunk(world)[rank]
-        (bn_out,) = shuffle_bn_forward(lambda t: (encoder(t),), local, torch.Generator().manual_seed(5))
+def _worker(rank: int, world: int) -> tuple:
+    # shuffle-BN across processes equals the single-process substitute with groups=world
+    encoder = bn_encoder().train()
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
+    local = x.chunk(world)[rank]
+    (bn_out,) = shuffle_bn_forward(lambda t: (encoder(t),), local, torch.Generator().manual_seed(5))
 
-        # DenseCL with DDP on a BN-free backbone: same losses and queues as one process
-        model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
-        ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        losses = []
-        for step in range(3):
-            views = random_views(4, seed=step)
-            views.images = [v.chunk(world)[rank] for v in views.images]
-            out = ddp(views, Step(step, 10, 0, torch.Generator().manual_seed(step)))
-            optimizer.zero_grad()
-            out["loss"].backward()
-            optimizer.step()
-            reduced = out["loss"].detach().clone()
-            dist.all_reduce(reduced)
-            losses.append(float(reduced) / world)
-        # plain arrays, not tensors: a tensor travels as a shared-memory handle that dies with
-        # this process, which may exit before the parent reads the queue
-        keys = (model.queue.keys.numpy().copy(), model.dense_queue.keys.numpy().copy())
-        queue.put((rank, bn_out.detach().numpy().copy(), losses, *keys))
-    finally:
-        dist.destroy_process_group()
+    # DenseCL with DDP on a BN-free backbone: same losses and queues as one process
+    model = DenseCL(DenseCLConfig(dim=4, hidden_dim=6, queue_size=12, momentum=0.9), tiny_factory())
+    ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for step in range(3):
+        views = random_views(4, seed=step)
+        views.images = [v.chunk(world)[rank] for v in views.images]
+        out = ddp(views, Step(step, 10, 0, torch.Generator().manual_seed(step)))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        reduced = out["loss"].detach().clone()
+        dist.all_reduce(reduced)
+        losses.append(float(reduced) / world)
+    keys = (model.queue.keys.numpy().copy(), model.dense_queue.keys.numpy().copy())
+    return (bn_out.detach().numpy().copy(), losses, *keys)
 
 
 def test_two_gloo_processes_match_one_process():
     world = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in range(world))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = [
+        (rank, *result) for rank, result in sorted(run_in_gloo_processes(_worker, world=world).items())
+    ]
 
     encoder = bn_encoder().train()
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(11))
@@ -139,37 +114,23 @@ def _batchnorm_case():
     return x, probe, bn
 
 
-def _batchnorm_worker(rank: int, world: int, port: int, queue) -> None:
+def _batchnorm_worker(rank: int, world: int) -> list:
     from densessl.distributed import GlobalBatchNorm, convert_sync_batchnorm
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        x, probe, bn = _batchnorm_case()
-        model = convert_sync_batchnorm(nn.Sequential(bn), torch.device("cpu"))
-        assert isinstance(model[0], GlobalBatchNorm)
-        local = x.chunk(world)[rank].clone().requires_grad_(True)
-        out = model(local)
-        (out * probe.chunk(world)[rank]).sum().backward()
-        results = [out.detach(), local.grad, model[0].weight.grad, model[0].bias.grad]
-        results += [model[0].running_mean, model[0].running_var]
-        queue.put((rank, [t.detach().numpy().copy() for t in results]))
-    finally:
-        dist.destroy_process_group()
+    x, probe, bn = _batchnorm_case()
+    model = convert_sync_batchnorm(nn.Sequential(bn), torch.device("cpu"))
+    assert isinstance(model[0], GlobalBatchNorm)
+    local = x.chunk(world)[rank].clone().requires_grad_(True)
+    out = model(local)
+    (out * probe.chunk(world)[rank]).sum().backward()
+    results = [out.detach(), local.grad, model[0].weight.grad, model[0].bias.grad]
+    results += [model[0].running_mean, model[0].running_var]
+    return [t.detach().numpy().copy() for t in results]
 
 
 def test_global_batchnorm_in_two_gloo_processes_is_batchnorm_on_the_whole_batch():
     world = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_batchnorm_worker, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in range(world))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_in_gloo_processes(_batchnorm_worker, world=world)
     x, probe, bn = _batchnorm_case()
     x.requires_grad_(True)
     out = bn(x)

@@ -4,7 +4,6 @@ targets, and the same loss in two gloo processes with synchronised head batch no
 from __future__ import annotations
 
 import math
-import os
 import pickle
 from functools import partial
 from pathlib import Path
@@ -309,50 +308,33 @@ def test_bad_mgc_settings_are_one_line(override, message):
 # two processes
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
+def _worker(rank: int, world: int) -> list[float]:
     import torch.distributed as dist
 
     from densessl.distributed import convert_sync_batchnorm
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model = convert_sync_batchnorm(tiny_mgc(), torch.device("cpu"))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        losses = []
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        for step in range(2):
-            views = mgc_views(4, seed=step)
-            views.images = [x.chunk(world)[rank] for x in views.images]
-            views.targets = {k: v.chunk(world)[rank] for k, v in views.targets.items()}
-            loss = ddp(views, step_at(step))["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            reduced = loss.detach().clone()
-            dist.all_reduce(reduced)
-            losses.append(float(reduced) / world)
-        queue.put((rank, losses))
-    finally:
-        dist.destroy_process_group()
+    model = convert_sync_batchnorm(tiny_mgc(), torch.device("cpu"))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    losses = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(2):
+        views = mgc_views(4, seed=step)
+        views.images = [x.chunk(world)[rank] for x in views.images]
+        views.targets = {k: v.chunk(world)[rank] for k, v in views.targets.items()}
+        loss = ddp(views, step_at(step))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        reduced = loss.detach().clone()
+        dist.all_reduce(reduced)
+        losses.append(float(reduced) / world)
+    return losses
 
 
 def test_two_gloo_processes_with_synchronised_heads_match_one_process():
-    import torch.multiprocessing as mp
+    from tests.helpers import run_in_gloo_processes
 
-    from tests.test_distributed import free_port
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in range(2))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_in_gloo_processes(_worker)
 
     model = tiny_mgc()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -244,49 +243,31 @@ def test_a_resumed_run_continues_the_same_losses_with_both_queues_restored(tmp_p
 # two processes
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
+def _worker(rank: int, world: int) -> tuple:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model = tiny()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        losses = []
-        for step in range(3):
-            views = multicrop(4, seed=step)
-            views.images = [x.chunk(world)[rank] for x in views.images]
-            views.accepted = views.accepted.chunk(world)[rank]
-            loss = ddp(views, step_at(step))["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            reduced = loss.detach().clone()
-            dist.all_reduce(reduced)
-            losses.append(float(reduced) / world)
-        keys = (model.queue.keys.numpy().copy(), model.backbone_queue.keys.numpy().copy())
-        queue.put((rank, losses, *keys))
-    finally:
-        dist.destroy_process_group()
+    model = tiny()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for step in range(3):
+        views = multicrop(4, seed=step)
+        views.images = [x.chunk(world)[rank] for x in views.images]
+        views.accepted = views.accepted.chunk(world)[rank]
+        loss = ddp(views, step_at(step))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        reduced = loss.detach().clone()
+        dist.all_reduce(reduced)
+        losses.append(float(reduced) / world)
+    return losses, model.queue.keys.numpy().copy(), model.backbone_queue.keys.numpy().copy()
 
 
 def test_two_gloo_processes_fill_both_queues_as_one_process():
-    import torch.multiprocessing as mp
+    from tests.helpers import run_in_gloo_processes
 
-    from tests.test_distributed import free_port
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = {r[0]: r[1:] for r in (queue.get(timeout=120) for _ in range(2))}
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_in_gloo_processes(_worker)
     model = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     single = []

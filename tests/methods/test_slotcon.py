@@ -157,35 +157,15 @@ def slot_loss_by_hand(rows: range) -> float:
     return total / len(queries) * 0.4
 
 
-def _slot_worker(rank: int, world: int, port: int, queue) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        predicted, keys, student, teacher = (t.chunk(world)[rank] for t in slot_case())
-        queue.put((rank, float(slot_contrast(predicted, student, keys, teacher, 0.2))))
-    finally:
-        dist.destroy_process_group()
+def _slot_worker(rank: int, world: int) -> float:
+    predicted, keys, student, teacher = (t.chunk(world)[rank] for t in slot_case())
+    return float(slot_contrast(predicted, student, keys, teacher, 0.2))
 
 
 def test_gathered_slot_targets_point_at_the_right_keys_with_two_processes():
-    import torch.multiprocessing as mp
+    from tests.helpers import run_in_gloo_processes
 
-    from tests.test_distributed import free_port
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_slot_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in range(2))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_in_gloo_processes(_slot_worker)
     assert math.isclose(results[0], slot_loss_by_hand(range(0, 2)), rel_tol=1e-5)
     assert math.isclose(results[1], slot_loss_by_hand(range(2, 4)), rel_tol=1e-5)
 

@@ -18,8 +18,7 @@ from densessl.cli import main
 from densessl.config import load_config
 from densessl.export import export_backbone, torchvision_reference
 from densessl.training.trainer import Trainer
-from tests.helpers import QUICK, TINY
-from tests.test_distributed import free_port
+from tests.helpers import QUICK, TINY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

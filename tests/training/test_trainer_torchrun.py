@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from densessl.training.checkpoint import load_checkpoint
-from tests.helpers import QUICK, TINY
-from tests.test_distributed import free_port
+from tests.helpers import QUICK, TINY, free_port
 
 pytestmark = pytest.mark.slow
 
