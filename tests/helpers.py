@@ -140,3 +140,23 @@ def run_in_gloo_processes(
         p.join(timeout=60)
         assert p.exitcode == 0
     return results
+
+
+def sgd_losses(model: nn.Module, inputs: list[tuple[Views, Step]], lr: float) -> list[float]:
+    """Train ``model`` (a method, or its DDP wrapper) with SGD on each ``(views, step)`` in turn;
+    returns the losses, averaged over the processes of a gloo group when there is one."""
+    import torch.distributed as dist
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for views, step in inputs:
+        loss = model(views, step)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        value = loss.detach().clone()
+        if dist.is_initialized():
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        losses.append(float(value))
+    return losses

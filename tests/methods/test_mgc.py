@@ -21,6 +21,7 @@ from densessl.models.backbones import build_backbone
 from densessl.models.momentum import ema_update
 from densessl.views.geometry import Box, ViewRecord, mgc_correspondences
 from densessl.views.spec import CropSpec
+from tests.helpers import run_in_gloo_processes, sgd_losses
 
 QUICK_MGC = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/mgc_synthetic.yaml"
 
@@ -308,43 +309,27 @@ def test_bad_mgc_settings_are_one_line(override, message):
 # two processes
 
 
-def _worker(rank: int, world: int) -> list[float]:
-    import torch.distributed as dist
-
-    from densessl.distributed import convert_sync_batchnorm
-
-    model = convert_sync_batchnorm(tiny_mgc(), torch.device("cpu"))
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    losses = []
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+def _mgc_inputs(rank: int = 0, world: int = 1) -> list[tuple[Views, Step]]:
+    """Two steps of this process's share of a 4-image batch."""
+    inputs = []
     for step in range(2):
         views = mgc_views(4, seed=step)
         views.images = [x.chunk(world)[rank] for x in views.images]
         views.targets = {k: v.chunk(world)[rank] for k, v in views.targets.items()}
-        loss = ddp(views, step_at(step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        reduced = loss.detach().clone()
-        dist.all_reduce(reduced)
-        losses.append(float(reduced) / world)
-    return losses
+        inputs.append((views, step_at(step)))
+    return inputs
+
+
+def _worker(rank: int, world: int) -> list[float]:
+    from densessl.distributed import convert_sync_batchnorm
+
+    model = convert_sync_batchnorm(tiny_mgc(), torch.device("cpu"))
+    return sgd_losses(torch.nn.parallel.DistributedDataParallel(model), _mgc_inputs(rank, world), lr=0.1)
 
 
 def test_two_gloo_processes_with_synchronised_heads_match_one_process():
-    from tests.helpers import run_in_gloo_processes
-
     results = run_in_gloo_processes(_worker)
-
-    model = tiny_mgc()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    single = []
-    for step in range(2):
-        loss = model(mgc_views(4, seed=step), step_at(step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        single.append(float(loss.detach()))
+    single = sgd_losses(tiny_mgc(), _mgc_inputs(), lr=0.1)
     for rank in (0, 1):
         assert results[rank] == pytest.approx(single, rel=1e-4), (results, single)
 

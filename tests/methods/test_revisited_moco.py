@@ -18,6 +18,7 @@ from densessl.methods import Step, Views
 from densessl.methods.configs import RevisitedMoCoConfig
 from densessl.methods.revisited_moco import RevisitedMoCo, nearest_keys, neighbour_loss
 from densessl.models.queue import queue_infonce
+from tests.helpers import run_in_gloo_processes, sgd_losses
 
 QUICK = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/revisited_moco_synthetic.yaml"
 
@@ -243,40 +244,27 @@ def test_a_resumed_run_continues_the_same_losses_with_both_queues_restored(tmp_p
 # two processes
 
 
-def _worker(rank: int, world: int) -> tuple:
-    import torch.distributed as dist
-
-    model = tiny()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    losses = []
+def _multicrop_inputs(rank: int = 0, world: int = 1) -> list[tuple[Views, Step]]:
+    """Three steps of this process's share of a 4-image batch."""
+    inputs = []
     for step in range(3):
         views = multicrop(4, seed=step)
         views.images = [x.chunk(world)[rank] for x in views.images]
         views.accepted = views.accepted.chunk(world)[rank]
-        loss = ddp(views, step_at(step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        reduced = loss.detach().clone()
-        dist.all_reduce(reduced)
-        losses.append(float(reduced) / world)
+        inputs.append((views, step_at(step)))
+    return inputs
+
+
+def _worker(rank: int, world: int) -> tuple:
+    model = tiny()
+    losses = sgd_losses(nn.parallel.DistributedDataParallel(model), _multicrop_inputs(rank, world), lr=0.5)
     return losses, model.queue.keys.numpy().copy(), model.backbone_queue.keys.numpy().copy()
 
 
 def test_two_gloo_processes_fill_both_queues_as_one_process():
-    from tests.helpers import run_in_gloo_processes
-
     results = run_in_gloo_processes(_worker)
     model = tiny()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    single = []
-    for step in range(3):
-        loss = model(multicrop(4, seed=step), step_at(step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        single.append(float(loss.detach()))
+    single = sgd_losses(model, _multicrop_inputs(), lr=0.5)
     for rank in (0, 1):
         losses, keys, backbone_keys = results[rank]
         assert losses == pytest.approx(single, rel=1e-5)
