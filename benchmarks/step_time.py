@@ -1,4 +1,4 @@
-"""Training-step time of MoCo-v2, DenseCL, SlotCon and MGC on one batch, and the framework's overhead.
+"""Training-step time of every method on one batch, and the framework's overhead.
 
 For each setting it times, on the same batch of views:
 - one full training step per method (photometric augmentation of both views on the device,
@@ -45,6 +45,7 @@ SETTINGS: dict[str, dict[str, str | tuple[str, list[str]]]] = {
     "r50-224": {
         "densecl": "densecl/coco_r50_800ep",
         "mocov2": "mocov2/coco_r50_800ep",
+        "revisited_moco": "revisited_moco/coco_r50_200ep",
         "slotcon": "slotcon/coco_r50_800ep",
     },
     "vits16-224": {
@@ -56,6 +57,7 @@ SETTINGS: dict[str, dict[str, str | tuple[str, list[str]]]] = {
         "densecl": "quick/densecl_synthetic",
         "mgc": "quick/mgc_synthetic",
         "mocov2": "quick/mocov2_synthetic",
+        "revisited_moco": "quick/revisited_moco_synthetic",
         "slotcon": "quick/slotcon_synthetic",
     },
 }
