@@ -30,10 +30,11 @@ METHOD_TINY = {
     "slotcon": ["method.num_prototypes=8", "method.hidden_dim=16"],
     # a one-block ViT; 48 px crops keep the 6x6 token grid its groupings need
     "mgc": ["model.depth=1", "method.hidden_dim=16", "views.*.crop.size=48"],
+    "revisited_moco": ["method.queue_size=16", "method.knn_topk=4"],
 }
 
 
-@pytest.mark.parametrize("method", ["densecl", "slotcon", "mgc"])
+@pytest.mark.parametrize("method", ["densecl", "slotcon", "mgc", "revisited_moco"])
 def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
     kwargs = {"probe_train": 8, "probe_test": 4, "probe_seeds": (0,), "probe_epochs": 1}
     summary = run_demo(tmp_path, method, [*TINY, *METHOD_TINY[method]], **kwargs)
