@@ -19,12 +19,17 @@ MoCo-v2 on a ResNet-50, the unit of the methods spec's cost estimates (spec 6.1)
     python benchmarks/step_time.py --setting quick --iters 20
     python benchmarks/step_time.py --setting vits16-224 --batch-224 8
     python benchmarks/step_time.py --device cuda --precision bf16 --batch-r50 64   # on a GPU
+    DENSESSL_PLAIN_INFONCE=1 python benchmarks/step_time.py --setting quick   # the loss before fusion
+
+``DENSESSL_PLAIN_INFONCE=1`` puts the plain InfoNCE formulas (benchmarks/infonce.py) back into the
+methods, the "before" of a comparison with the fused loss; the library itself has no such switch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -235,12 +240,17 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
+    if os.environ.get("DENSESSL_PLAIN_INFONCE") == "1":
+        from infonce import install_plain  # benchmarks/infonce.py, beside this script
+
+        install_plain()
     device = torch.device(args.device)
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     report = {
         "device": str(device),
         "threads": torch.get_num_threads(),
         "precision": args.precision,
+        "plain_infonce": os.environ.get("DENSESSL_PLAIN_INFONCE") == "1",
         "runs": [],
     }
     for setting in settings:

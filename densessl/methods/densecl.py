@@ -19,8 +19,9 @@ from densessl.methods.base import BackboneFactory, Method, Step, Views, register
 from densessl.methods.configs import DenseCLConfig
 from densessl.models.backbones import Backbone
 from densessl.models.heads import DenseHead, GlobalHead
+from densessl.models.infonce import queue_infonce
 from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
-from densessl.models.queue import NegativeQueue, queue_infonce
+from densessl.models.queue import NegativeQueue
 
 
 class DenseEncoder(nn.Module):
@@ -59,7 +60,11 @@ def dense_infonce(
     negatives: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """DenseCL's dense term: (B, D, S) query and key projections, (B, S) matched key indices."""
+    """DenseCL's dense term: (B, D, S) query and key projections, (B, S) matched key indices.
+
+    Every query location is a row of one InfoNCE (B * S rows) against the dense queue, the
+    largest loss of the MoCo family: the fused, chunked :func:`queue_infonce` never holds its
+    (B * S, K) logits."""
     q = F.normalize(query_dense, dim=1).transpose(1, 2).reshape(-1, query_dense.shape[1])
     k = F.normalize(key_dense, dim=1)
     k = torch.gather(k, 2, matches.unsqueeze(1).expand(-1, k.shape[1], -1))

@@ -17,8 +17,9 @@ from densessl.methods.base import BackboneFactory, Method, Step, Views, register
 from densessl.methods.configs import MoCoV2Config
 from densessl.models.backbones import Backbone
 from densessl.models.heads import GlobalHead
+from densessl.models.infonce import queue_infonce
 from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
-from densessl.models.queue import NegativeQueue, queue_infonce
+from densessl.models.queue import NegativeQueue
 
 
 class Encoder(nn.Module):

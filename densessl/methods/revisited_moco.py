@@ -37,13 +37,17 @@ from densessl.distributed import all_gather, shuffle_bn_forward
 from densessl.methods.base import BackboneFactory, Method, Step, ViewRole, Views, register
 from densessl.methods.configs import RevisitedMoCoConfig
 from densessl.methods.mocov2 import Encoder
+from densessl.models.infonce import queue_infonce, queue_infonce_and_neighbours
 from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
-from densessl.models.queue import NegativeQueue, queue_infonce
+from densessl.models.queue import NegativeQueue
 
 
 def neighbour_loss(logits: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     """``-mean log softmax(logits)`` at the ``neighbours`` (N, k) indices of each row, the softmax
-    over the (N, K) queue logits alone, averaged over rows."""
+    over the (N, K) queue logits alone, averaged over rows.
+
+    The formula on given logits; training computes the same term without building them, fused
+    with the MoCo term (:func:`~densessl.models.infonce.queue_infonce_and_neighbours`)."""
     log_prob = logits.float() - torch.logsumexp(logits.float(), dim=1, keepdim=True)
     return -log_prob.gather(1, neighbours).mean()
 
@@ -102,21 +106,25 @@ class RevisitedMoCo(Method):
             features = torch.cat([pooled_large.unsqueeze(1), pooled_small.view(batch, len(small), -1)], dim=1)
             features = F.normalize(features.flatten(0, 1).float(), dim=1)
         positives = k.repeat_interleave(rows, dim=0)
-        loss_moco = queue_infonce(q, positives, self.queue.keys, cfg.temperature)
+        # the entries the queue holds now, before any push: a push replaces the buffer rather than
+        # writing into it, so this tensor keeps them for both terms and their backward pass
+        negatives = self.queue.keys
         use_knn = step.epoch >= cfg.knn_warmup_epochs and cfg.knn_weight > 0
         if not use_knn:
+            loss_moco = queue_infonce(q, positives, negatives, cfg.temperature)
             self._push(k, key_features)
             loss_knn = torch.zeros((), device=q.device)
         else:
-            # the logits of the entries the queue holds now, before any push
-            logits = q.float() @ self.queue.keys.float().t() / cfg.temperature
             if cfg.enqueue_order == "released":
                 self._push(k, key_features)
                 neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
             else:
                 neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
                 self._push(k, key_features)
-            loss_knn = neighbour_loss(logits, neighbours)
+            # one pass over the queue serves both terms: they share the log-sum-exp of each row
+            loss_moco, loss_knn = queue_infonce_and_neighbours(
+                q, positives, negatives, cfg.temperature, neighbours
+            )
         loss = loss_moco + (cfg.knn_weight * loss_knn if use_knn else 0.0)
         accepted = views.accepted[:, 2:] if views.accepted is not None else None
         out = {

@@ -1,10 +1,18 @@
-"""The ring buffer of negative keys used by the MoCo family (MoCo-v2, DenseCL, revisited MoCo)."""
+"""The ring buffer of negative keys used by the MoCo family (MoCo-v2, DenseCL, revisited MoCo).
+
+The InfoNCE against it lives in :mod:`densessl.models.infonce`; ``queue_infonce`` is importable
+from here too.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from densessl.models.infonce import queue_infonce
+
+__all__ = ["NegativeQueue", "queue_infonce"]
 
 
 class NegativeQueue(nn.Module):
@@ -39,20 +47,3 @@ class NegativeQueue(nn.Module):
         # out of place: this step's loss still needs the old entries for its backward pass
         self.keys = self.keys.index_copy(0, index, keys.detach().to(self.keys.dtype))
         self.ptr.fill_((start + n) % self.size)
-
-
-def queue_infonce(
-    query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """InfoNCE with one positive per row and a shared set of negatives.
-
-    ``query`` and ``positive`` are (N, D) unit vectors, ``negatives`` (K, D). Logits are
-    [q.k+, q.n_1 .. q.n_K] / T with the positive at index 0; the loss is the mean cross-entropy
-    over the N rows.
-    """
-    # Scaling the small query matrix instead of the (N, K) logits, and a log-sum-exp instead of
-    # concatenating the positive column, saves three passes over the largest tensor of the step.
-    query = query.float() / temperature
-    pos = (query * positive.float()).sum(dim=1)
-    neg = query @ negatives.float().t()
-    return (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)) - pos).mean()
