@@ -90,10 +90,11 @@ def choose_recipe(
 ) -> RecipeChoice:
     """Pick a recipe for ``n_images`` images on a ``device_kind`` (``cpu`` or ``cuda``) device with
     ``memory_bytes`` of memory (GPU memory, or RAM on a CPU) and ``cores`` CPU cores."""
-    if method not in quick_methods():
-        raise ConfigError(
-            f"--method {method}: no size-aware defaults; choose one of {', '.join(quick_methods())}"
-        )
+    # the rules below are measured for the ResNet methods of two 224 px views; a ViT (MGC) or a
+    # multi-crop recipe (the revisited MoCo) starts from a recipe of its own
+    supported = sorted(set(quick_methods()) & set(PER_IMAGE_BYTES_R50))
+    if method not in supported:
+        raise ConfigError(f"--method {method}: no size-aware defaults; choose one of {', '.join(supported)}")
     if n_images < MIN_IMAGES:
         raise ConfigError(f"{n_images} images are too few to pre-train on (at least {MIN_IMAGES})")
     gpu = device_kind == "cuda"
