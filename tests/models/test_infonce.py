@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from densessl.methods.revisited_moco import neighbour_loss
+from densessl.models import infonce
 from densessl.models.infonce import queue_infonce, queue_infonce_and_neighbours, queue_logsumexp
 
 
@@ -46,6 +47,17 @@ def test_value_and_gradients_equal_the_plain_formula_for_any_chunking(chunk_size
     assert float(fused.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_blocks_of_rows_give_the_numbers_of_all_rows_at_once(monkeypatch):
+    q, pos, negatives = inputs()
+    whole = queue_infonce(q, pos, negatives, 0.2, chunk_size=5)
+    monkeypatch.setattr(infonce, "ROW_BLOCK", 4)  # 6 rows: a block of 4, then one of 2
+    blocked = queue_infonce(q, pos, negatives, 0.2, chunk_size=5)
+    assert float(blocked.detach()) == pytest.approx(float(whole.detach()), rel=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(blocked, q)[0], torch.autograd.grad(whole, q)[0], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_a_queue_within_one_chunk_gives_the_unfused_numbers_to_the_last_bit():
