@@ -10,15 +10,18 @@ Everything the losses need from the (N, K) logits is one number per row, the log
 the queue, and its gradient, the softmax-weighted mean of the queue rows. :class:`_QueueLogSumExp`
 computes both in one pass over the queue, ``chunk_size`` columns at a time, with a running
 maximum per row (the log-sum-exp of the chunks seen so far is rescaled when a larger logit
-arrives), the way memory-efficient attention accumulates its output. The logits of one chunk are
-the only (N, chunk) tensor alive; nothing of size (N, K) exists in the forward or the backward
-pass, and the backward pass is an (N, D) multiply. Computing the gradient's direction in the
-forward pass costs one (N, chunk) x (chunk, D) product per chunk, the same work the plain
-backward pass does, and saves recomputing the logits; it is skipped when no gradient is needed.
+arrives), the way memory-efficient attention accumulates its output, and a block of rows at a
+time. One (rows, chunk) tile of logits is alive at once; nothing of size (N, K) exists in the
+forward or the backward pass, and the backward pass is an (N, D) multiply. Computing the
+gradient's direction in the forward pass costs one (rows, chunk) x (chunk, D) product per tile,
+the same work the plain backward pass does, and saves recomputing the logits; it is skipped when
+no gradient is needed. A queue no longer than one chunk (the tests' and the small recipes') takes
+a single pass that repeats the plain formula's operations and gives its numbers to the last bit.
 
 The queue is a buffer: no gradient flows into the negatives (passing negatives that require a
 gradient is refused rather than silently given none). Arithmetic is float32 even when the inputs
-are bfloat16 or float16 or autocast is on (float64 inputs stay float64, for gradcheck).
+are bfloat16 or float16 or autocast is on (float64 inputs stay float64, for gradcheck): under
+bf16 autocast the plain formula's products ran in bf16 and rounded every logit to 8 bits.
 
 Thin wrappers build the losses on that core: :func:`queue_infonce` (MoCo-v2, DenseCL's global and
 dense terms, the revisited MoCo's MoCo term) and :func:`queue_infonce_and_neighbours`, which adds
