@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .base import CorruptImageError, DataError
+from .decode import EncodedImage, open_image
 from .synthetic import PRESETS, SynthConfig, SyntheticScenes
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -28,7 +29,8 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array of a loaded PIL image of any mode (alpha dropped)."""
     mode = img.mode
     if mode == "RGB":
         return np.array(img, dtype=np.uint8)
@@ -61,7 +63,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
             raise CorruptImageError(path, "empty file (0 bytes)")
         with Image.open(path) as img:
             img.load()
-            array = _to_rgb(img)
+            array = to_rgb_array(img)
     except CorruptImageError:
         raise
     except Exception as exc:  # PIL plugins raise many types on malformed data
@@ -117,6 +119,11 @@ class FileListSource:
 
     def load(self, index: int) -> np.ndarray:
         return decode_image(self.paths[index])
+
+    def encoded(self, index: int) -> EncodedImage:
+        """Image ``index`` read and its header parsed, not decoded: pre-training draws the crop
+        boxes from its size first, then decodes it (upright, possibly at a reduced size)."""
+        return open_image(self.paths[index])
 
     def describe(self, index: int) -> str:
         return self.paths[index]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +20,8 @@ from densessl.views.geometry import ViewRecord
 from densessl.views.sampler import ViewSampler, records_to_tensors
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: default share of the dataset that may be unreadable under ``data.corrupt=skip`` before a run
 #: stops: enough for a broken sub-folder among many good ones, too little for a wrong folder
@@ -79,6 +81,7 @@ class MultiViewDataset(Dataset):
         *,
         max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
         targets: Callable[[list[ViewRecord], tuple[int, int]], dict[str, torch.Tensor]] | None = None,
+        max_reduction: int = 8,
     ) -> None:
         if len(source) == 0:
             raise DataError("the image source is empty")
@@ -89,6 +92,9 @@ class MultiViewDataset(Dataset):
         self.seed = seed
         self.corrupt = corrupt
         self.max_skipped_fraction = max_skipped_fraction
+        # JPEG files are decoded at up to 1/max_reduction of their size when every crop allows it
+        # (1: always full size)
+        self.max_reduction = max_reduction
         # the method's per-sample targets, computed here so that they run in the loader workers
         self.targets = targets
         # distinct unreadable files met by this process (bounded by the budget: it raises first)
@@ -97,13 +103,14 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, list[str]]:
+    def _first_readable(self, index: int, read: Callable[[int], _T]) -> tuple[_T, list[str]]:
+        """``read`` of the first readable image from ``index`` on, and the unreadable ones passed."""
         size = len(self.source)
         passed: list[str] = []
         for offset in range(size):
             position = (index + offset) % size
             try:
-                array = self.source.load(position)
+                return read(position), passed
             except CorruptImageError as exc:
                 if self.corrupt == "error":
                     raise DataError(f"{exc} (set data.corrupt=skip to skip such images)") from exc
@@ -112,16 +119,31 @@ class MultiViewDataset(Dataset):
                     self._unreadable.add(exc.path)
                     log.warning("skipping unreadable image %s: %s", exc.path, exc.reason)
                     check_skip_budget(len(self._unreadable), size, self.max_skipped_fraction, exc.path)
-                continue
-            return torch.from_numpy(array).permute(2, 0, 1).contiguous(), passed
         raise DataError(f"none of the {size} images is readable; e.g. {passed[0]}")
+
+    def _views(
+        self, position: int, seed: int
+    ) -> tuple[list[torch.Tensor], list[ViewRecord], tuple[int, int]]:
+        # a fresh generator per attempt: a substitute image gets the draws the requested one would
+        generator = torch.Generator().manual_seed(seed)
+        encoded = getattr(self.source, "encoded", None)
+        if encoded is None:
+            image = torch.from_numpy(self.source.load(position)).permute(2, 0, 1)
+            crops, records = self.sampler(image, generator)
+            return crops, records, (int(image.shape[1]), int(image.shape[2]))
+        # files: the boxes come from the header's size, then the pixels are decoded at the
+        # largest reduction every view allows (a corrupt body only shows up here)
+        file = encoded(position)
+        records = self.sampler.sample_records(*file.size, generator)
+        reduction = self.sampler.reduction(records, self.max_reduction) if file.can_reduce else 1
+        return self.sampler.crop(file.decode(reduction), records, file.size), records, file.size
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        image, unreadable = self._load(index)
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
-        crops, records = self.sampler(image, generator)
-        height, width = int(image.shape[1]), int(image.shape[2])
+        seed = derive_seed(self.seed, epoch, index)
+        (crops, records, (height, width)), unreadable = self._first_readable(
+            index, lambda position: self._views(position, seed)
+        )
         return {
             "crops": crops,
             **records_to_tensors(records),

@@ -12,6 +12,11 @@ can be conditioned on any earlier view:
   (0.05, 0.14), ``reference=1`` (the key), ``rule="intersection"``, ``threshold=0.1``.
 
 The photometric part of the augmentation is batched separately (:mod:`densessl.augment`).
+
+Boxes are always drawn in the pixels of the upright original image. A JPEG may then be decoded
+at 1/2, 1/4 or 1/8 of its size when every view shrinks its box at least that much
+(:meth:`ViewSampler.reduction`); :meth:`ViewSampler.crop` maps the boxes onto the reduced image,
+so the records, and everything computed from them, do not change.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from densessl.views.geometry import (
+    Box,
     ViewRecord,
     crop_view,
     sample_constrained_crop,
@@ -83,6 +89,42 @@ class ViewSampler:
             )
         return records
 
+    def reduction(self, records: list[ViewRecord], max_reduction: int = 8) -> int:
+        """The largest factor in (1, 2, 4, 8), at most ``max_reduction``, by which every view's box
+        is at least that many times its output size on both axes.
+
+        Decoding at that reduction leaves each crop at least as many pixels as its output, so the
+        antialiased resize still only shrinks and the views differ from full-size decoding by
+        interpolation alone.
+        """
+        best = 1
+        for factor in (2, 4, 8):
+            if factor > max_reduction:
+                break
+            if all(r.box.width >= factor * r.size[1] and r.box.height >= factor * r.size[0] for r in records):
+                best = factor
+        return best
+
+    def crop(
+        self, image: torch.Tensor, records: list[ViewRecord], original_size: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Crop the views of ``records`` from ``image``: the ``original_size`` ``(height, width)``
+        image the boxes were drawn in, or that image decoded at a reduced size.
+
+        On a reduced image each box is scaled per axis by the actual size ratio (a decoder may
+        round sizes up) and its edges rounded to the nearest pixel: at most half a pixel of the
+        reduced image, which :meth:`reduction` keeps below half a pixel of the output view.
+        """
+        height, width = original_size
+        image_height, image_width = int(image.shape[-2]), int(image.shape[-1])
+        crops = []
+        for spec, rec in zip(self.specs, records, strict=True):
+            box = rec.box
+            if (image_height, image_width) != (height, width):
+                box = _scale_box(box, image_height / height, image_width / width, image_height, image_width)
+            crops.append(crop_view(image, box, spec.size, spec.interpolation, rec.flipped))
+        return crops
+
     def __call__(
         self, image: torch.Tensor, generator: torch.Generator
     ) -> tuple[list[torch.Tensor], list[ViewRecord]]:
@@ -91,11 +133,15 @@ class ViewSampler:
             raise ValueError(f"expected a (C, H, W) image, got shape {tuple(image.shape)}")
         height, width = int(image.shape[-2]), int(image.shape[-1])
         records = self.sample_records(height, width, generator)
-        crops = [
-            crop_view(image, rec.box, spec.size, spec.interpolation, rec.flipped)
-            for spec, rec in zip(self.specs, records, strict=True)
-        ]
-        return crops, records
+        return self.crop(image, records, (height, width)), records
+
+
+def _scale_box(box: Box, scale_y: float, scale_x: float, height: int, width: int) -> Box:
+    left = min(round(box.left * scale_x), width - 1)
+    top = min(round(box.top * scale_y), height - 1)
+    right = min(max(round(box.right * scale_x), left + 1), width)
+    bottom = min(max(round(box.bottom * scale_y), top + 1), height)
+    return Box(left, top, right - left, bottom - top)
 
 
 def records_to_tensors(records: list[ViewRecord]) -> dict[str, torch.Tensor]:
