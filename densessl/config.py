@@ -134,6 +134,9 @@ class TrainConfig:
     #: seconds a process waits for its peers in a collective before the job stops with an error
     #: (a hung or stopped process); multi-process runs only
     collective_timeout_s: float = 600.0
+    #: intra-op CPU threads of a single-process run; 0 = chosen from the cores and data.workers
+    #: (densessl.runtime.choose_cpu_threads); OMP_NUM_THREADS, when set, wins over both
+    cpu_threads: int = 0
 
 
 @dataclass
@@ -430,6 +433,7 @@ def _check(config: ExperimentConfig) -> None:
     _require("train.checkpoint_every_steps", train.checkpoint_every_steps, 0)
     _require("train.log_every", train.log_every, 1)
     _require("train.max_steps", train.max_steps, 0)
+    _require("train.cpu_threads", train.cpu_threads, 0)
     _require("train.collective_timeout_s", getattr(train, "collective_timeout_s", None), 0, low_open=True)
 
 

@@ -50,20 +50,29 @@ def threads_chosen_by_user(environ: dict[str, str] | None = None) -> bool:
     return launched_world_size(env) > 1
 
 
-def configure_cpu_threads(workers: int) -> int:
+def configure_cpu_threads(workers: int, requested: int = 0) -> int:
     """Set torch's intra-op thread count for a single-process run with ``workers`` data workers
-    and return the count in use; leaves a count chosen by the user or torchrun as it is."""
+    and return the count in use: ``requested`` when positive (``train.cpu_threads``), otherwise
+    :func:`choose_cpu_threads`; a count chosen by the user's environment or torchrun wins over both."""
     import torch
 
     if threads_chosen_by_user():
         threads = torch.get_num_threads()
         log.debug("using %d CPU threads (set from the environment)", threads)
         return threads
+    if requested > 0:
+        torch.set_num_threads(requested)
+        log.debug("using %d CPU threads (train.cpu_threads)", requested)
+        return requested
     cores = available_cores()
     threads = choose_cpu_threads(cores, workers)
+    # said once: the command line and then the trainer both apply the same choice
+    level = logging.INFO if threads != torch.get_num_threads() else logging.DEBUG
     torch.set_num_threads(threads)
-    log.info(
-        "using %d CPU thread%s: %d core%s available, %d data worker%s (set OMP_NUM_THREADS to choose)",
+    log.log(
+        level,
+        "using %d CPU thread%s: %d core%s available, %d data worker%s (set train.cpu_threads or "
+        "OMP_NUM_THREADS to choose)",
         threads,
         "" if threads == 1 else "s",
         cores,

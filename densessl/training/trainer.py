@@ -44,6 +44,7 @@ from densessl.data.sources import parse_source
 from densessl.errors import DataError, TrainingError
 from densessl.methods import Method, Step, Views, build_method
 from densessl.models.backbones import build_backbone
+from densessl.runtime import configure_cpu_threads
 from densessl.training.checkpoint import (
     FORMAT,
     LAST,
@@ -85,6 +86,7 @@ RESUMABLE_CHANGES = (
     "train.progress",
     "train.precision",
     "train.collective_timeout_s",
+    "train.cpu_threads",
     "data.source",
     "data.workers",
     "data.corrupt",
@@ -279,6 +281,8 @@ class Trainer:
             )
         self._prepare_run_dir()
         dist.barrier()
+        # the step's threads leave the cores of the loader workers (one thread each) free
+        configure_cpu_threads(cfg.data.workers, cfg.train.cpu_threads)
         seed_everything(cfg.train.seed)
         method = build_model(cfg)
         type(method).check_views([v.crop for v in cfg.views])
