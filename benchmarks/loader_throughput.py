@@ -23,36 +23,21 @@ import json
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
+from densessl.bench import build_dataset, make_loader, timed_batches
 from densessl.config import load_config
-from densessl.data.sources import parse_source
-from densessl.methods import METHODS
 from densessl.training.trainer import prepare_views
-from densessl.views.dataset import EpochBatchSampler, MultiViewDataset, collate_views
-from densessl.views.sampler import ViewSampler
 
 
 def measure(recipe: str, source: str | None, batch: int, batches: int, workers: int) -> dict:
     overrides = [f"data.source={source}"] if source else []
     config = load_config(recipe, overrides)
-    method_class = METHODS[config.method.name]
-    dataset = MultiViewDataset(
-        parse_source(config.data.source, length=max(config.data.synthetic_length, batch * batches)),
-        ViewSampler([v.crop for v in config.views]),
-        seed=0,
-        targets=method_class.view_targets(config),
-    )
-    sampler = EpochBatchSampler(len(dataset), batch, 1, 0, seed=0, epochs=1)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views, num_workers=workers)
+    dataset = build_dataset(config, min_length=batch * batches)
     loader_s = augment_s = 0.0
     images = 0
-    it = iter(loader)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(batches):
-        start = time.perf_counter()
-        collated = next(it)
-        loader_s += time.perf_counter() - start
+    for collated, waited in timed_batches(make_loader(dataset, batch, workers), batches, warmup=0):
+        loader_s += waited
         start = time.perf_counter()
         prepare_views(collated, config.views, generator, torch.device("cpu"), False)
         augment_s += time.perf_counter() - start

@@ -35,11 +35,10 @@ import time
 
 import torch
 
+from densessl.bench import add_view_targets, build_train_step, fixed_batch, timed
 from densessl.config import load_config
-from densessl.methods import Step
-from densessl.training.optim import build_optimizer
-from densessl.training.trainer import build_model, prepare_views, resolve_precision
-from densessl.views.geometry import Box, ViewRecord
+from densessl.methods import METHODS
+from densessl.training.trainer import build_model, resolve_precision
 from densessl.views.sampler import ViewSampler
 
 #: MoCo-v2's recipe on MGC's backbone, so that the two differ in the method only
@@ -83,25 +82,6 @@ def view_targets_ms(config, method_class, draws: int = 200) -> float | None:
     return (time.process_time() - start) * 1000 / draws
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def build_steps(
     recipe: str | tuple[str, list[str]],
     batch: int,
@@ -119,54 +99,18 @@ def build_steps(
         f"train.channels_last={str(channels_last).lower()}",
     ]
     config = load_config(recipe, overrides)  # a shipped recipe's name
-    torch.manual_seed(0)
-    method = build_model(config).to(device)
+    batch_data = fixed_batch(config, batch)
+    add_view_targets(batch_data, config)
+    train_step = build_train_step(config, device, batch_data)
+    method_class = METHODS[config.method.name]
     teacher = build_model(config).export_encoder().to(device)
     if channels_last:
-        method.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(method, config.optim)
     dtype = resolve_precision(precision, device)
-    g = torch.Generator().manual_seed(0)
     sizes = [v.crop.size for v in config.views]
-    batch_data = {
-        "crops": [torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g) for s in sizes],
-        # overlapping boxes (the second view shifted by a quarter) so SlotCon's alignment does real work
-        "boxes": torch.tensor([[i * max(sizes) // 4, 0, max(sizes), max(sizes)] for i in range(len(sizes))])
-        .expand(batch, -1, -1)
-        .clone(),
-        "flips": torch.zeros(batch, len(sizes), dtype=torch.bool),
-        "image_sizes": torch.full((batch, 2), 2 * max(sizes)),
-        "accepted": torch.ones(batch, len(sizes), dtype=torch.bool),
-        "references": [v.crop.reference for v in config.views],
-        "targets": {},
-    }
-    targets_fn = type(method).view_targets(config)
-    if targets_fn is not None:
-        samples = []
-        for b in range(batch):
-            boxes, flips = batch_data["boxes"][b].tolist(), batch_data["flips"][b].tolist()
-            records = [
-                ViewRecord(Box(*box), flip, (s, s)) for box, flip, s in zip(boxes, flips, sizes, strict=True)
-            ]
-            samples.append(targets_fn(records, (2 * max(sizes), 2 * max(sizes))))
-        batch_data["targets"] = {k: torch.stack([t[k] for t in samples]) for k in samples[0]}
-    counter = [0]
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-    def train_step():
-        step = counter[0]
-        views = prepare_views(
-            batch_data, config.views, torch.Generator().manual_seed(step), device, channels_last
-        )
-        with autocast():
-            out = method(views, Step(step, 1000, 0, torch.Generator().manual_seed(step)))
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        counter[0] += 1
 
     # a trainable copy: the exported encoder is the frozen teacher for some methods
     backbone = build_model(config).export_encoder().to(device).requires_grad_(True)
@@ -183,7 +127,7 @@ def build_steps(
         with torch.no_grad(), autocast():
             teacher(xk)
 
-    return {"step": train_step, "bare": bare_step, "targets_ms": view_targets_ms(config, type(method))}
+    return {"step": train_step, "bare": bare_step, "targets_ms": view_targets_ms(config, method_class)}
 
 
 def measure(

@@ -159,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the shipped recipes (name, method, backbone, epochs, batch)")
 
+    p = sub.add_parser(
+        "bench", help="measure a recipe on this machine and recommend loader workers and CPU threads"
+    )
+    p.add_argument("config", help="YAML file or shipped recipe name (`densessl recipes` lists them)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for pretrain")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=16,
+        help="steps of the full loop (after a quarter as many to warm up); the step alone is timed "
+        "for a quarter of them, at least 3",
+    )
+    p.add_argument(
+        "--batches", type=int, default=4, help="loader batches per worker count, after one to start"
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to measure"
+    )
+
     methods = quick_methods()
     p = sub.add_parser("demo", help="pre-train on the synthetic scenes, then probe against random init")
     p.add_argument("--method", default="densecl", choices=methods, help="the quick recipe to run")
@@ -270,10 +289,10 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _configure_threads(workers: int) -> None:
+def _configure_threads(config) -> None:
     from densessl.runtime import configure_cpu_threads
 
-    configure_cpu_threads(workers)
+    configure_cpu_threads(config.data.workers, config.train.cpu_threads)
 
 
 def _detect_machine() -> tuple[str, int, int]:
@@ -401,7 +420,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             log.info("recipe written to %s", recipe_file)
     if args.quiet_level > 0:
         config.train.progress = False
-    _configure_threads(config.data.workers)
+    _configure_threads(config)
     trainer = Trainer(config, out, resume=args.resume, overwrite=args.overwrite)
     resume_command = _pretrain_command(args, out, recipe_file)
     try:
@@ -453,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from densessl.demo import format_table, quick_config_path, run_demo
 
     config = load_config(quick_config_path(args.method), args.overrides)
-    _configure_threads(config.data.workers)
+    _configure_threads(config)
     overrides = [*args.overrides, "train.progress=false"] if args.quiet_level > 0 else args.overrides
     out = args.out or ("runs/demo" if args.method == "densecl" else f"runs/demo-{args.method}")
     summary = run_demo(out, method=args.method, overrides=overrides)
@@ -467,6 +486,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from densessl.bench import run_bench
+
+    config = load_config(args.config, args.overrides)
+    # the bench runs the trainer: no progress bar between its progress lines
+    config.train.progress = False
+    _configure_threads(config)
+    report = run_bench(config, args.workers, steps=args.steps, batches=args.batches)
+    rec = report["recommended"]
+    print(f"recommended: data.workers={rec['workers']} train.cpu_threads={rec['threads']} ({rec['reason']})")
+    print(json.dumps(report))
     return 0
 
 
@@ -633,6 +666,7 @@ COMMANDS = {
     "pretrain": cmd_pretrain,
     "recipes": cmd_recipes,
     "demo": cmd_demo,
+    "bench": cmd_bench,
     "export": cmd_export,
     "inspect": cmd_inspect,
     "eval": cmd_eval,
