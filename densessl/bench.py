@@ -5,9 +5,9 @@
 - **loader**: images per second out of the DataLoader alone (decoding, crops, view targets,
   collation), for a few worker counts, in total and per worker;
 - **step**: one training step on a fixed batch (photometric augmentation, forward, loss,
-  backward, optimiser step), in ms and images per second; on CUDA also the FLOPs of a step
-  (:class:`torch.utils.flop_counter.FlopCounterMode`), the TFLOP/s they come to and the model
-  FLOP utilisation against the device's peak where :data:`PEAK_TFLOPS` knows it;
+  backward, optimiser step), in ms and images per second, the FLOPs of a step
+  (:class:`torch.utils.flop_counter.FlopCounterMode`) and the TFLOP/s they come to; on CUDA also
+  the model FLOP utilisation against the device's peak where :data:`PEAK_TFLOPS` knows it;
 - **loop**: the trainer itself for a few dozen steps in a temporary directory, its images per
   second and the fraction of the time it waited for data (from its ``metrics.jsonl``);
 - **augment**: each photometric op of each view's pipeline timed alone on the fixed batch, and
@@ -280,6 +280,17 @@ def build_train_step(
     return train_step
 
 
+def count_flops(fn: Callable[[], Any]) -> float:
+    """The floating-point operations of one call of ``fn``, as
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def measure_step(config: ExperimentConfig, device: torch.device, iters: int) -> dict[str, Any]:
     """Phase (b): the training step alone on a fixed batch."""
     from densessl.training.trainer import resolve_precision
@@ -290,23 +301,14 @@ def measure_step(config: ExperimentConfig, device: torch.device, iters: int) -> 
     step = build_train_step(config, device, batch_data)
     ms = timed(step, iters, warmup=1, device=device)
     result: dict[str, Any] = {"batch": batch, "iters": iters, "ms": ms, "images_per_s": batch / ms * 1000}
+    # the FLOPs of one more step, counted op by op (matmuls, convolutions, their gradients)
+    flops = count_flops(step)
+    achieved = flops / (ms / 1000) / 1e12
+    result.update(tflop_per_step=flops / 1e12, achieved_tflops=achieved)
     if device.type == "cuda":
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        flops = counter.get_total_flops()
-        achieved = flops / (ms / 1000) / 1e12
         name = torch.cuda.get_device_name(device)
         peak = peak_tflops(name, resolve_precision(config.train.precision, device))
-        result.update(
-            device_name=name,
-            tflop_per_step=flops / 1e12,
-            achieved_tflops=achieved,
-            peak_tflops=peak,
-            mfu=achieved / peak if peak else None,
-        )
+        result.update(device_name=name, peak_tflops=peak, mfu=achieved / peak if peak else None)
     return result
 
 
@@ -475,9 +477,9 @@ def run_bench(
     report["step"] = measure_step(config, device, iters)
     step = report["step"]
     line = f"  {step['ms']:.1f} ms per step, {step['images_per_s']:.1f} images/s"
-    if "achieved_tflops" in step:
-        mfu = f", MFU {100 * step['mfu']:.1f}%" if step["mfu"] is not None else ""
-        line += f", {step['achieved_tflops']:.1f} TFLOP/s{mfu}"
+    line += f", {step['achieved_tflops']:.3g} TFLOP/s"
+    if step.get("mfu") is not None:
+        line += f", MFU {100 * step['mfu']:.1f}% of {step['peak_tflops']:g}"
     _progress(line)
 
     warmup = max(2, steps // 4)

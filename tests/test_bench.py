@@ -35,7 +35,9 @@ def test_bench_runs_every_phase_and_ends_with_one_json_line(capsys, restore_proc
     assert set(loader) == {0, 1}
     for row in loader.values():
         assert row["images_per_s"] > 0 and row["images_per_s_per_worker"] > 0
-    assert report["step"]["ms"] > 0 and report["step"]["images_per_s"] > 0
+    step = report["step"]
+    assert step["ms"] > 0 and step["images_per_s"] > 0
+    assert step["tflop_per_step"] > 0 and step["achieved_tflops"] > 0
     loop = report["loop"]
     assert loop["steps"] == 2 and loop["images_per_s"] > 0 and 0 <= loop["data_wait_fraction"] <= 1
     ops = report["augment"]["ops"]
