@@ -195,3 +195,42 @@ def test_the_processes_batches_put_together_are_the_one_process_batch():
         assert torch.equal(torch.cat([a["boxes"], b["boxes"]]), whole["boxes"])
         for view in range(2):
             assert torch.equal(torch.cat([a["crops"][view], b["crops"][view]]), whole["crops"][view])
+
+
+def test_jpeg_views_keep_boxes_in_original_upright_pixels_whatever_the_decode(tmp_path):
+    from tests.data.test_decode import mean_abs_diff, smooth
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 768x512 (w x h), shown turned a quarter: 512 wide, 768 high
+    Image.fromarray(smooth(512, 768, cell=64)).save(tmp_path / "a.jpg", quality=95, exif=exif)
+    Image.fromarray(smooth(480, 640, seed=1, cell=64)).save(tmp_path / "b.jpg", quality=95)
+    Image.fromarray(smooth(480, 640, seed=2, cell=64)).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    source = FolderSource(tmp_path)
+    views = ViewSampler([CropSpec(size=32, scale=(0.3, 1.0)), CropSpec(size=32, reference=0, threshold=0.01)])
+    full = MultiViewDataset(source, views, seed=0, max_reduction=1)
+    reduced = MultiViewDataset(source, views, seed=0)
+    for index, size in enumerate(([768, 512], [480, 640], [480, 640])):
+        a, b = full[(0, index)], reduced[(0, index)]
+        assert a["image_size"].tolist() == b["image_size"].tolist() == size
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["flips"], b["flips"])
+        assert int((a["boxes"][:, 0] + a["boxes"][:, 2]).max()) <= size[1]
+        assert int((a["boxes"][:, 1] + a["boxes"][:, 3]).max()) <= size[0]
+        for x, y in zip(a["crops"], b["crops"], strict=True):
+            assert mean_abs_diff(x.permute(1, 2, 0).numpy(), y.permute(1, 2, 0).numpy()) < 5.0
+
+
+def test_a_jpeg_truncated_after_its_header_is_skipped_or_named(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "b.jpg").write_bytes(data[: len(data) // 2])  # the header parses, the pixels do not
+    Image.fromarray(np.full((30, 50, 3), 200, dtype=np.uint8)).save(tmp_path / "c.png")
+    source = FolderSource(tmp_path)
+    item = MultiViewDataset(source, sampler(), seed=0, max_skipped_fraction=0.5)[(0, 1)]
+    assert item["skipped"] == 1 and item["unreadable"] == [source.path(1)]
+    assert item["image_size"].tolist() == [30, 50]
+    with pytest.raises(DataError, match=r"^cannot read image .*b\.jpg: .*\(set data\.corrupt=skip"):
+        MultiViewDataset(source, sampler(), seed=0, corrupt="error")[(0, 1)]

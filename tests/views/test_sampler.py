@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
-from densessl.views.geometry import Box, crop_view
+from densessl.data.decode import open_image
+from densessl.views.geometry import Box, ViewRecord, crop_view
 from densessl.views.sampler import CropSpec, ViewSampler, records_to_tensors
 
 
@@ -96,3 +98,82 @@ def test_views_are_flipped_with_their_probability(flip_p, low, high):
     img = _coord_image()
     flips = sum(sampler(img, torch.Generator().manual_seed(seed))[1][0].flipped for seed in range(200))
     assert low <= flips <= high
+
+
+def _records(*boxes_and_sizes: tuple[Box, int]) -> list[ViewRecord]:
+    return [ViewRecord(box=box, flipped=False, size=(size, size)) for box, size in boxes_and_sizes]
+
+
+def test_reduction_is_the_largest_factor_every_view_allows_on_both_axes() -> None:
+    sampler = ViewSampler([CropSpec(32), CropSpec(32)])
+    assert sampler.reduction(_records((Box(0, 0, 256, 256), 32), (Box(5, 5, 128, 130), 32))) == 4
+    assert sampler.reduction(_records((Box(0, 0, 256, 256), 32), (Box(5, 5, 256, 255), 32))) == 4
+    assert sampler.reduction(_records((Box(0, 0, 256, 256), 32), (Box(5, 5, 63, 300), 32))) == 1
+    assert sampler.reduction(_records((Box(0, 0, 256, 256), 32), (Box(0, 0, 256, 256), 32))) == 8
+    assert sampler.reduction(_records((Box(0, 0, 256, 256), 32), (Box(0, 0, 256, 256), 32)), 2) == 2
+
+
+def test_crops_from_a_reduced_image_match_the_full_size_crops(tmp_path) -> None:
+    from tests.data.test_decode import mean_abs_diff, save, smooth
+
+    # content that varies over ~64 source pixels, i.e. a few output pixels after the 8-20x
+    # shrink of these crops: interpolation differences stay small, misplaced boxes do not
+    path = save(tmp_path / "photo.jpg", Image.fromarray(smooth(480, 640, cell=64)), quality=95)
+    encoded = open_image(path)
+    sampler = ViewSampler(
+        [CropSpec(32, scale=(0.2, 1.0)), CropSpec(32, scale=(0.2, 1.0), interpolation="bicubic")]
+    )
+    full = encoded.decode(1)
+    used = set()
+    for seed in range(8):
+        crops, records = sampler(full, torch.Generator().manual_seed(seed))
+        # the boxes come from the header's size alone, in original pixels, whatever the decode
+        assert sampler.sample_records(*encoded.size, torch.Generator().manual_seed(seed)) == records
+        reduction = sampler.reduction(records)
+        used.add(reduction)
+        reduced = sampler.crop(encoded.decode(reduction), records, encoded.size)
+        for spec, a, b, record in zip(sampler.specs, crops, reduced, records, strict=True):
+            assert a.shape == b.shape == (3, 32, 32)
+            error = mean_abs_diff(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy())
+            # rounding moves a box edge by half a reduced pixel at most, r/2 source pixels: the
+            # reduced crop must be closer than the full-size crop of the box moved by r pixels
+            box = record.box
+            moved = Box(
+                box.left + reduction, box.top + reduction, box.width - reduction, box.height - reduction
+            )
+            shifted = crop_view(full, moved, 32, spec.interpolation, record.flipped)
+            bound = mean_abs_diff(a.permute(1, 2, 0).numpy(), shifted.permute(1, 2, 0).numpy())
+            assert error < bound if reduction > 1 else error == 0, (seed, reduction, error, bound)
+    assert used >= {4, 8}
+
+
+def test_boxes_map_onto_a_reduced_image_by_its_actual_size_per_axis() -> None:
+    sampler = ViewSampler([CropSpec(8)])
+
+    def mapped(original: tuple[int, int], reduced_size: tuple[int, int], box: Box) -> Box:
+        reduced = _coord_image(*reduced_size)
+        crop = sampler.crop(reduced, _records((box, 8)), original)[0]
+        # find the box whose plain crop gives exactly this view
+        for candidate in _boxes_near(box, original, reduced_size):
+            if torch.equal(crop, crop_view(reduced, candidate, 8)):
+                return candidate
+        raise AssertionError("no box of the reduced image gives this crop")
+
+    # each axis by its own ratio: 80 -> 40 rows, 400 -> 100 columns
+    assert mapped((80, 400), (40, 100), Box(200, 20, 120, 40)) == Box(50, 10, 30, 20)
+    # a decoder that rounds 101 columns up to 51: a box reaching the right edge still does
+    assert mapped((76, 101), (38, 51), Box(1, 0, 100, 76)) == Box(1, 0, 50, 38)
+
+
+def _boxes_near(box: Box, original: tuple[int, int], reduced: tuple[int, int]) -> list[Box]:
+    sy, sx = reduced[0] / original[0], reduced[1] / original[1]
+    left, top = int(box.left * sx), int(box.top * sy)
+    right, bottom = int(box.right * sx), int(box.bottom * sy)
+    return [
+        Box(x0, y0, x1 - x0, y1 - y0)
+        for x0 in (left - 1, left, left + 1)
+        for y0 in (top - 1, top, top + 1)
+        for x1 in (right - 1, right, right + 1)
+        for y1 in (bottom - 1, bottom, bottom + 1)
+        if 0 <= x0 < x1 <= reduced[1] and 0 <= y0 < y1 <= reduced[0]
+    ]
