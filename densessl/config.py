@@ -76,6 +76,10 @@ class DataConfig:
     #: under ``corrupt=skip``: the run stops when more than this fraction of the images read
     #: so far were unreadable (a broken folder, not a stray bad file)
     max_skipped_fraction: float = 0.1
+    #: where images are decoded: ``cpu`` (loader workers; JPEGs by libjpeg-turbo, at 1/2-1/8
+    #: size when every crop allows it) or ``auto``; ``auto`` is ``cpu`` as long as there is no
+    #: device decoder
+    decode: Literal["cpu", "auto"] = "auto"
     workers: int = 4
 
 
