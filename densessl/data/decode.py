@@ -51,12 +51,15 @@ class EncodedImage:
     ``size`` is the upright ``(height, width)`` in original pixels. :meth:`decode` returns the
     upright uint8 ``(3, h, w)`` image, at full size or reduced by a factor from
     :data:`REDUCTIONS` (the actual size may round up: use the returned shape, not ``size /
-    reduction``).
+    reduction``). Formats other than JPEG are decoded right away, here: their EXIF may follow
+    the pixels (PIL reads a PNG's whole file to find it), and they have no cheaper reduced
+    decode to wait for.
     """
 
     def __init__(self, path: str, data: bytearray) -> None:
         self.path = path
         self.data = data
+        self._pixels: torch.Tensor | None = None
         if not data:
             raise CorruptImageError(path, "empty file (0 bytes)")
         try:
@@ -64,13 +67,22 @@ class EncodedImage:
                 self.format = img.format or ""
                 self.mode = img.mode
                 stored_width, stored_height = img.size
-                self.orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                if self.format == "JPEG":
+                    # EXIF sits in the APP1 segment, before the pixels: reading it is cheap
+                    orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                else:
+                    self._pixels = self._upright(img)
+        except CorruptImageError:
+            raise
         except Exception as exc:  # PIL plugins raise many types on malformed headers
             raise CorruptImageError(path, f"{type(exc).__name__}: {exc}") from exc
+        if self._pixels is not None:
+            self.size: tuple[int, int] = (int(self._pixels.shape[1]), int(self._pixels.shape[2]))
+            return
         if stored_width <= 0 or stored_height <= 0:
             raise CorruptImageError(path, f"the header gives an empty size {stored_width}x{stored_height}")
-        swap = self.orientation in _SWAPPING_ORIENTATIONS
-        self.size: tuple[int, int] = (stored_width, stored_height) if swap else (stored_height, stored_width)
+        swap = orientation in _SWAPPING_ORIENTATIONS
+        self.size = (stored_width, stored_height) if swap else (stored_height, stored_width)
 
     @property
     def can_reduce(self) -> bool:
@@ -81,11 +93,13 @@ class EncodedImage:
         """The upright uint8 ``(3, h, w)`` image, ``h ~ height / reduction`` (rounded up)."""
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction}")
-        if reduction == 1 and self.format == "JPEG" and self.mode in _FAST_JPEG_MODES:
+        if self._pixels is not None:
+            return self._pixels
+        if reduction == 1 and self.mode in _FAST_JPEG_MODES:
             image = self._decode_jpeg()
             if image is not None:
                 return image
-        return self._decode_pil(reduction if self.can_reduce else 1)
+        return self._decode_pil(reduction)
 
     def _decode_jpeg(self) -> torch.Tensor | None:
         encoded = torch.frombuffer(self.data, dtype=torch.uint8)  # shares the bytes
@@ -95,23 +109,31 @@ class EncodedImage:
             # truncated data or a variant libjpeg-turbo refuses: PIL decides whether it is corrupt
             return None
         if image.shape[1:] != self.size:
+            # the two readers disagree on the EXIF orientation (a malformed tag): PIL's reading,
+            # which gave the size the boxes were drawn in, wins
             return None
         return image
 
     def _decode_pil(self, reduction: int) -> torch.Tensor:
-        from densessl.data.sources import to_rgb_array  # sources imports this module
-
         try:
             with Image.open(io.BytesIO(self.data)) as img:
                 if reduction > 1:
                     width, height = img.size
                     # draft picks the largest DCT scale whose result is at least this size
                     img.draft("RGB", (max(width // reduction, 1), max(height // reduction, 1)))
-                img.load()
-                upright = ImageOps.exif_transpose(img)
-                array = to_rgb_array(upright)
+                return self._upright(img)
+        except CorruptImageError:
+            raise
         except Exception as exc:  # PIL plugins raise many types on malformed data
             raise CorruptImageError(self.path, f"{type(exc).__name__}: {exc}") from exc
+
+    def _upright(self, img: Image.Image) -> torch.Tensor:
+        from densessl.data.sources import to_rgb_array  # sources imports this module
+
+        img.load()
+        # in place: otherwise an image without an orientation tag is copied for nothing
+        ImageOps.exif_transpose(img, in_place=True)
+        array = to_rgb_array(img)
         if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
             raise CorruptImageError(self.path, f"decoded to an unexpected shape {array.shape}")
         # a (3, H, W) view of the (H, W, 3) array: the crop resamples from it without a copy
