@@ -91,11 +91,10 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(args.dir or Path(tmp), args.count, args.height, args.width)
-        sampler = ViewSampler([])
+        sampler = ViewSampler([load_config(args.recipe).views[0].crop] * 2)
         side = min(args.height, args.width) // 2 * 2
         box = Box((args.width - side) // 2, (args.height - side) // 2, side, side)
         records = [ViewRecord(box=box, flipped=False, size=(224, 224))] * 2
-        sampler.specs = [load_config(args.recipe).views[0].crop] * 2
 
         def crop(path: Path, reduction: int) -> None:
             file = open_image(path)
