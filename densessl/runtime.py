@@ -1,11 +1,14 @@
 """CPU thread defaults for single-process runs.
 
 PyTorch starts one intra-op thread per core it sees. When DataLoader workers (or another job)
-need those cores too, the spinning OpenMP threads fight over them: on 2 shared cores a quick
-pre-training step was 55x slower with the default thread count than with one thread. torchrun
-already sets one thread per process when it starts several; a plain ``densessl`` process gets
-``cores available to it - data workers`` threads (at least 1, at most :data:`MAX_THREADS`),
-unless the user chose a count with ``OMP_NUM_THREADS``.
+need those cores too, the spinning OpenMP threads fight over them. On 2 shared cores, with other
+jobs running, the quick DenseCL recipe delivered 10-23 images/s end to end with 2 threads in the
+main process and 90-110 with one, whatever the number of workers (0, 1 or 2; README). Each
+DataLoader worker runs one thread (PyTorch sets it in every worker). So a plain ``densessl``
+process gets ``cores - data workers`` threads, at most half the cores (room for the other jobs
+of a shared machine) and at most :data:`MAX_THREADS`, at least 1; ``train.cpu_threads`` chooses
+a count instead, and ``OMP_NUM_THREADS`` (or torchrun, which sets one thread per process when it
+starts several) wins over both.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ def available_cores() -> int:
 
 def choose_cpu_threads(cores: int, workers: int, cap: int = MAX_THREADS) -> int:
     """Intra-op threads for one process on ``cores`` cores that also feeds ``workers`` data
-    loader processes: the cores the workers leave, at least one, at most ``cap``."""
-    return max(1, min(cap, cores - max(0, workers)))
+    loader processes (one thread each): the cores the workers leave, at most half the cores
+    (threads that find their core taken spin instead of working), at most ``cap``, at least one."""
+    return max(1, min(cap, cores - max(0, workers), cores // 2))
 
 
 def launched_world_size(environ: dict[str, str] | None = None) -> int:

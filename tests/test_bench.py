@@ -62,13 +62,13 @@ def test_bench_refuses_bad_counts_in_one_line(capsys, restore_process_state):
 @pytest.mark.parametrize(
     ("loader", "step", "cores", "device", "workers", "threads"),
     [
-        ({0: 300.0, 1: 500.0, 2: 900.0}, 100.0, 2, "cpu", 0, 2),  # the main process keeps up alone
-        ({0: 50.0, 1: 100.0, 2: 190.0}, 80.0, 4, "cpu", 1, 3),  # fewest workers that outpace the step
+        ({0: 300.0, 1: 500.0, 2: 900.0}, 100.0, 2, "cpu", 0, 1),  # the main process keeps up alone
+        ({0: 50.0, 1: 100.0, 2: 190.0}, 80.0, 4, "cpu", 1, 2),  # fewest workers that outpace the step
         ({0: 50.0, 1: 90.0, 2: 190.0}, 80.0, 4, "cpu", 2, 2),  # 90 < 1.2 x 80: one is not enough
         ({0: 50.0, 1: 60.0, 2: 70.0}, 100.0, 2, "cpu", 1, 1),  # loader-bound; the step keeps a core
         ({0: 50.0, 2: 90.0}, 100.0, 1, "cpu", 0, 1),  # one core: no worker
         ({0: 50.0, 2: 90.0, 4: 200.0}, 150.0, 8, "cuda", 4, 4),  # the step runs on the GPU
-        ({0: 50.0, 2: 90.0, 4: 80.0}, 150.0, 8, "cuda", 2, 6),  # loader-bound: its fastest count
+        ({0: 50.0, 2: 90.0, 4: 80.0}, 150.0, 8, "cuda", 2, 4),  # loader-bound: its fastest count
     ],
 )
 def test_recommend_takes_the_fewest_workers_that_keep_the_step_fed(

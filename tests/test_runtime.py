@@ -18,14 +18,17 @@ from tests.helpers import QUICK, TINY
     ("cores", "workers", "expected"),
     [
         (2, 1, 1),  # the quick recipe on 2 cores: the case that ran 55x slower with 2 threads
-        (2, 0, 2),
+        (2, 0, 1),  # half the cores: 2 threads with no worker ran 10x slower beside other jobs
+        (2, 2, 1),
         (1, 4, 1),  # never below one thread
-        (8, 2, 6),
-        (64, 8, 16),  # capped: a big host is not asked for 56 threads
-        (16, -3, 16),
+        (1, 0, 1),
+        (8, 2, 4),  # half the cores
+        (8, 6, 2),  # the cores the workers leave
+        (64, 8, 16),  # capped: a big host is not asked for 32 threads
+        (16, -3, 8),
     ],
 )
-def test_threads_are_the_cores_the_workers_leave(cores, workers, expected):
+def test_threads_are_the_cores_the_workers_leave_at_most_half(cores, workers, expected):
     assert choose_cpu_threads(cores, workers) == expected
 
 
@@ -47,11 +50,12 @@ def restore_threads():
 def test_configure_sets_and_logs_the_choice(monkeypatch, caplog, restore_threads):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(runtime, "available_cores", lambda: 3)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 5)
+    torch.set_num_threads(1)
     with caplog.at_level("INFO", logger="densessl.runtime"):
         assert configure_cpu_threads(workers=1) == 2
     assert torch.get_num_threads() == 2
-    assert "using 2 CPU threads: 3 cores available, 1 data worker" in caplog.text
+    assert "using 2 CPU threads: 5 cores available, 1 data worker" in caplog.text
 
 
 def test_configure_leaves_an_explicit_count_alone(monkeypatch, restore_threads):
