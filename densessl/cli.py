@@ -289,10 +289,15 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _configure_threads(config) -> None:
+def _configure_threads(config: Any = None) -> None:
+    """The CPU threads of this process: from a run's config (its workers and
+    ``train.cpu_threads``), or, for eval and viz (no data workers), from the cores alone."""
     from densessl.runtime import configure_cpu_threads
 
-    configure_cpu_threads(config.data.workers, config.train.cpu_threads)
+    if config is None:
+        configure_cpu_threads(0)
+    else:
+        configure_cpu_threads(config.data.workers, config.train.cpu_threads)
 
 
 def _detect_machine() -> tuple[str, int, int]:
@@ -543,7 +548,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.protocol != "report":
-        _configure_threads(0)
+        _configure_threads()
     if args.protocol == "report" or not args.save:
         return args.func(args)
     buffer = io.StringIO()
@@ -576,7 +581,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    _configure_threads(0)
+    _configure_threads()
     return args.func(args)
 
 
