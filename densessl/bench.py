@@ -53,8 +53,8 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "V100": {"fp16": 125.0, "fp32": 15.7},
     "T4": {"fp16": 65.0, "fp32": 8.1},
 }
-#: the loader must outpace the step by this factor before fewer workers are enough: its rate
-#: varies from batch to batch and the step must never wait
+#: a loader counts for its rate divided by this: its rate varies from batch to batch, and the
+#: step must not wait
 LOADER_MARGIN = 1.2
 
 
@@ -187,7 +187,19 @@ def loader_images_per_s(dataset, batch: int, workers: int, batches: int) -> floa
 class Recommendation:
     workers: int
     threads: int
+    #: the end-to-end rate the measurements predict for these workers
+    images_per_s: float
     reason: str
+
+
+def expected_images_per_s(workers: int, loader_per_s: float, step_per_s: float) -> float:
+    """The end-to-end rate to expect from a loader and a step measured alone: without workers the
+    main process loads and then steps (the times add up); workers load while the step runs, and
+    a loader counts only for what it gives beyond :data:`LOADER_MARGIN` (its rate varies from
+    batch to batch, and the step must not wait)."""
+    if workers == 0:
+        return 1.0 / (1.0 / loader_per_s + 1.0 / step_per_s)
+    return min(loader_per_s / LOADER_MARGIN, step_per_s)
 
 
 def recommend(
@@ -196,33 +208,36 @@ def recommend(
     """Loader workers and main-process threads for a recipe, from its measurements.
 
     ``loader_per_s``: images/s of the loader alone by worker count; ``step_per_s``: images/s of
-    the training step alone. The fewest workers whose loader outpaces the step by
-    :data:`LOADER_MARGIN`, else the fastest measured count; on a CPU device at most
-    ``cores - 1`` (the step needs a core of its own: the workers take theirs from it) and 0 on one
-    core. Threads: :func:`densessl.runtime.choose_cpu_threads` for those workers.
+    the training step alone. The fewest workers whose expected rate
+    (:func:`expected_images_per_s`) is within 5% of the best; on a CPU device at most
+    ``cores - 1`` (the step needs a core of its own: the workers take theirs from it), so none
+    on one core. Threads: :func:`densessl.runtime.choose_cpu_threads` for those workers.
     """
-    if not loader_per_s:
-        raise ValueError("recommend needs at least one loader measurement")
+    if not loader_per_s or min(loader_per_s.values()) <= 0:
+        raise ValueError(f"recommend needs loader measurements above 0 images/s, got {loader_per_s}")
     if step_per_s <= 0:
         raise ValueError(f"the step's images/s must be positive, got {step_per_s}")
     limit = max(0, cores - 1) if device_type == "cpu" else max(loader_per_s)
-    allowed = {w: r for w, r in loader_per_s.items() if w <= limit} or {min(loader_per_s): 0.0}
-    enough = [w for w, r in sorted(allowed.items()) if r >= LOADER_MARGIN * step_per_s]
-    if enough:
-        workers = enough[0]
+    allowed = [w for w in sorted(loader_per_s) if w <= limit] or [min(loader_per_s)]
+    expected = {w: expected_images_per_s(w, loader_per_s[w], step_per_s) for w in allowed}
+    best = max(expected.values())
+    workers = next(w for w in allowed if expected[w] >= 0.95 * best)
+    plural = "s" if workers != 1 else ""
+    if workers == 0 and expected[0] >= 0.95 * step_per_s:
+        reason = f"loading in the main process ({loader_per_s[0]:.0f} images/s) barely slows the step"
+    elif expected[workers] >= 0.95 * step_per_s:
         reason = (
-            f"{workers} worker{'s' if workers != 1 else ''} deliver {allowed[workers]:.0f} images/s, "
-            f"more than the step's {step_per_s:.0f}"
+            f"{workers} worker{plural} deliver {loader_per_s[workers]:.0f} images/s, more than the "
+            f"step's {step_per_s:.0f}"
         )
     else:
-        workers = max(allowed, key=lambda w: (allowed[w], -w))
         reason = (
-            f"the loader limits the run: {workers} worker{'s' if workers != 1 else ''} give its "
-            f"best rate, {allowed[workers]:.0f} images/s, against the step's {step_per_s:.0f}"
+            f"the loader limits the run: {workers} worker{plural} give about {expected[workers]:.0f} "
+            f"images/s end to end against the step's {step_per_s:.0f}"
         )
     if device_type == "cpu" and workers == limit and limit < max(loader_per_s):
         reason += f" (at most {limit} on {cores} core{'s' if cores != 1 else ''}: the step needs one)"
-    return Recommendation(workers, choose_cpu_threads(cores, workers), reason)
+    return Recommendation(workers, choose_cpu_threads(cores, workers), expected[workers], reason)
 
 
 # -- the phases ---------------------------------------------------------------------------------
@@ -503,6 +518,6 @@ def run_bench(
         cores,
         device.type,
     )
-    report["recommended"] = {"workers": rec.workers, "threads": rec.threads, "reason": rec.reason}
+    report["recommended"] = dataclasses.asdict(rec)
     report["seconds"] = time.perf_counter() - started
     return report

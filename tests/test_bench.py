@@ -49,7 +49,8 @@ def test_bench_runs_every_phase_and_ends_with_one_json_line(capsys, restore_proc
     ]
     assert all(r["ms"] > 0 for r in ops) and sum(r["share"] for r in ops) == pytest.approx(1.0)
     assert report["augment"]["ms"] > 0
-    assert report["recommended"]["workers"] in (0, 1) and report["recommended"]["threads"] >= 1
+    rec = report["recommended"]
+    assert rec["workers"] in (0, 1) and rec["threads"] >= 1 and rec["images_per_s"] > 0 and rec["reason"]
 
 
 def test_bench_refuses_bad_counts_in_one_line(capsys, restore_process_state):
@@ -62,7 +63,8 @@ def test_bench_refuses_bad_counts_in_one_line(capsys, restore_process_state):
 @pytest.mark.parametrize(
     ("loader", "step", "cores", "device", "workers", "threads"),
     [
-        ({0: 300.0, 1: 500.0, 2: 900.0}, 100.0, 2, "cpu", 0, 1),  # the main process keeps up alone
+        ({0: 9000.0, 1: 9000.0}, 100.0, 4, "cpu", 0, 2),  # loading in-line costs the step ~1%
+        ({0: 300.0, 1: 500.0, 2: 900.0}, 100.0, 2, "cpu", 1, 1),  # in-line loading would cost 25%
         ({0: 50.0, 1: 100.0, 2: 190.0}, 80.0, 4, "cpu", 1, 2),  # fewest workers that outpace the step
         ({0: 50.0, 1: 90.0, 2: 190.0}, 80.0, 4, "cpu", 2, 2),  # 90 < 1.2 x 80: one is not enough
         ({0: 50.0, 1: 60.0, 2: 70.0}, 100.0, 2, "cpu", 1, 1),  # loader-bound; the step keeps a core
@@ -79,11 +81,13 @@ def test_recommend_takes_the_fewest_workers_that_keep_the_step_fed(
 
 
 def test_recommend_says_why():
-    assert "more than the step's 80" in recommend({0: 50.0, 1: 100.0}, 80.0, 4).reason
-    limited = recommend({0: 50.0, 1: 60.0, 2: 70.0}, 100.0, 2).reason
-    assert "the loader limits the run" in limited and "at most 1 on 2 cores" in limited
-    assert LOADER_MARGIN > 1
-    with pytest.raises(ValueError, match="at least one loader measurement"):
+    fed = recommend({0: 50.0, 1: 100.0}, 80.0, 4)
+    assert "more than the step's 80" in fed.reason and fed.images_per_s == 80.0
+    assert "barely slows the step" in recommend({0: 9000.0}, 100.0, 4).reason
+    limited = recommend({0: 50.0, 1: 60.0, 2: 70.0}, 100.0, 2)
+    assert "the loader limits the run" in limited.reason and "at most 1 on 2 cores" in limited.reason
+    assert limited.images_per_s == pytest.approx(60.0 / LOADER_MARGIN)
+    with pytest.raises(ValueError, match="loader measurements above 0"):
         recommend({}, 1.0, 2)
     with pytest.raises(ValueError, match="must be positive"):
         recommend({0: 1.0}, 0.0, 2)
