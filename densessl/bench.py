@@ -227,15 +227,16 @@ def recommend(
         reason = f"loading in the main process ({loader_per_s[0]:.0f} images/s) barely slows the step"
     elif expected[workers] >= 0.95 * step_per_s:
         reason = (
-            f"{workers} worker{plural} deliver {loader_per_s[workers]:.0f} images/s, more than the "
-            f"step's {step_per_s:.0f}"
+            f"{workers} worker{plural} deliver{'' if plural else 's'} "
+            f"{loader_per_s[workers]:.0f} images/s, more than the step's {step_per_s:.0f}"
         )
     else:
         reason = (
             f"the loader limits the run: {workers} worker{plural} give about {expected[workers]:.0f} "
             f"images/s end to end against the step's {step_per_s:.0f}"
         )
-    if device_type == "cpu" and workers == limit and limit < max(loader_per_s):
+    beyond = [w for w in loader_per_s if w > limit]
+    if any(expected_images_per_s(w, loader_per_s[w], step_per_s) > expected[workers] for w in beyond):
         reason += f" (at most {limit} on {cores} core{'s' if cores != 1 else ''}: the step needs one)"
     return Recommendation(workers, choose_cpu_threads(cores, workers), expected[workers], reason)
 
