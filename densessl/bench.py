@@ -3,7 +3,8 @@
 :func:`run_bench` measures four things for one resolved config, each in its own phase:
 
 - **loader**: images per second out of the DataLoader alone (decoding, crops, view targets,
-  collation), for a few worker counts, in total and per worker;
+  collation), for a few worker counts, in total and per worker; a synthetic source is measured
+  as in its first epoch, rendering every scene (later epochs read them from its cache);
 - **step**: one training step on a fixed batch (photometric augmentation, forward, loss,
   backward, optimiser step), in ms and images per second, the FLOPs of a step
   (:class:`torch.utils.flop_counter.FlopCounterMode`) and the TFLOP/s they come to; on CUDA also
