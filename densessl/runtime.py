@@ -2,8 +2,8 @@
 
 PyTorch starts one intra-op thread per core it sees. When DataLoader workers (or another job)
 need those cores too, the spinning OpenMP threads fight over them. On 2 shared cores, with other
-jobs running, the quick DenseCL recipe delivered 10-23 images/s end to end with 2 threads in the
-main process and 90-110 with one, whatever the number of workers (0, 1 or 2; README). Each
+jobs running, the quick DenseCL recipe delivered 23-33 images/s end to end with 2 threads in the
+main process and 104-110 with one, whatever the number of workers (0, 1 or 2; README). Each
 DataLoader worker runs one thread (PyTorch sets it in every worker). So a plain ``densessl``
 process gets ``cores - data workers`` threads, at most half the cores (room for the other jobs
 of a shared machine) and at most :data:`MAX_THREADS`, at least 1; ``train.cpu_threads`` chooses
