@@ -81,6 +81,17 @@ def stripe_features(
     return feats, masks
 
 
+#: a trainer run of 8 images a step in fp32, in the process, logging every step and nothing else
+SMALL_RUN = [
+    "data.workers=0",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "train.progress=false",
+    "train.precision=fp32",
+]
+
 #: the DenseCL quick recipe, and overrides that make a trainer run take a second on a CPU
 QUICK = Path(__file__).resolve().parent.parent / "densessl/recipes/quick/densecl_synthetic.yaml"
 TINY = [

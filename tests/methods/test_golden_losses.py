@@ -42,6 +42,7 @@ import torch
 
 from densessl.config import load_config
 from densessl.training.trainer import Trainer
+from tests.helpers import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests/fixtures/golden_losses.json"
@@ -49,14 +50,8 @@ RECIPES = ROOT / "densessl/recipes/quick"
 STEPS = 10
 RELATIVE = 1e-5
 COMMON = [
+    *SMALL_RUN,
     "data.synthetic_length=48",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "train.precision=fp32",
     "train.channels_last=false",
     "views.*.crop.size=32",
     "model.width=0.125",

@@ -21,7 +21,7 @@ from densessl.models.backbones import build_backbone
 from densessl.models.momentum import ema_update
 from densessl.views.geometry import Box, ViewRecord, mgc_correspondences
 from densessl.views.spec import CropSpec
-from tests.helpers import run_in_gloo_processes, sgd_losses
+from tests.helpers import SMALL_RUN, run_in_gloo_processes, sgd_losses
 
 QUICK_MGC = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/mgc_synthetic.yaml"
 
@@ -338,18 +338,7 @@ def test_two_gloo_processes_with_synchronised_heads_match_one_process():
 # through the trainer
 
 #: the quick recipe shrunk to a second per run: one block, narrow heads, 8 images a step
-MGC_TINY = [
-    "data.synthetic_length=32",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "train.precision=fp32",
-    "model.depth=1",
-    "method.hidden_dim=16",
-]
+MGC_TINY = [*SMALL_RUN, "data.synthetic_length=32", "model.depth=1", "method.hidden_dim=16"]
 
 
 def logged(run_dir: Path) -> dict[int, dict]:

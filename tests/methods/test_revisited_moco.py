@@ -18,7 +18,7 @@ from densessl.methods import Step, Views
 from densessl.methods.configs import RevisitedMoCoConfig
 from densessl.methods.revisited_moco import RevisitedMoCo, nearest_keys, neighbour_loss
 from densessl.models.queue import queue_infonce
-from tests.helpers import run_in_gloo_processes, sgd_losses
+from tests.helpers import SMALL_RUN, run_in_gloo_processes, sgd_losses
 
 QUICK = Path(__file__).resolve().parents[2] / "densessl/recipes/quick/revisited_moco_synthetic.yaml"
 
@@ -193,14 +193,8 @@ def test_knn_topk_larger_than_the_queue_is_one_line():
 # through the trainer
 
 TINY = [
+    *SMALL_RUN,
     "data.synthetic_length=32",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "train.precision=fp32",
     "method.queue_size=32",
     "method.knn_topk=4",
     "model.width=0.125",
