@@ -177,7 +177,9 @@ def test_warmup_trains_the_moco_term_alone_and_fallbacks_are_counted():
     assert float(out["loss_knn"]) == 0.0
     assert float(out["loss"].detach()) == pytest.approx(float(out["loss_moco"]))
     out = model(multicrop(4), step_at(1, epoch=2))
-    assert float(out["loss"].detach()) == pytest.approx(float(out["loss_moco"]) + 0.4 * float(out["loss_knn"]))
+    assert float(out["loss"].detach()) == pytest.approx(
+        float(out["loss_moco"]) + 0.4 * float(out["loss_knn"])
+    )
     # one small crop of 16 fell back to a free draw
     assert float(out["small_crop_fallbacks"]) == pytest.approx(1 / 16)
 
