@@ -42,7 +42,7 @@ from densessl.distributed import all_gather, rank
 from densessl.errors import ConfigError
 from densessl.methods.base import BackboneFactory, Method, Step, ViewRole, Views, ViewTargets, register
 from densessl.methods.configs import MGCConfig, MGCGrouping
-from densessl.models.heads import build_mlp
+from densessl.models.heads import build_mlp, trunc_normal_init
 from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
 from densessl.views.geometry import ViewRecord, mgc_correspondences
 
@@ -146,11 +146,7 @@ class MGC(Method):
             {name: momentum_copy(projector) for name, projector in self.projectors.items()}
         )
         if config.reinit_linear:
-            for layer in self.modules():
-                if isinstance(layer, nn.Linear):
-                    nn.init.trunc_normal_(layer.weight, std=0.02)
-                    if layer.bias is not None:
-                        nn.init.zeros_(layer.bias)
+            trunc_normal_init(self)
 
     def _online(self) -> list[nn.Module]:
         return [self.base_encoder, self.projectors]

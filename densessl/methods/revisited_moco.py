@@ -115,11 +115,11 @@ class RevisitedMoCo(Method):
             self._push(k, key_features)
             loss_knn = torch.zeros((), device=q.device)
         else:
-            if cfg.enqueue_order == "released":
+            released = cfg.enqueue_order == "released"
+            if released:  # the search then sees the current keys in their slots
                 self._push(k, key_features)
-                neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
-            else:
-                neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
+            neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
+            if not released:
                 self._push(k, key_features)
             # one pass over the queue serves both terms: they share the log-sum-exp of each row
             loss_moco, loss_knn = queue_infonce_and_neighbours(

@@ -29,17 +29,9 @@ from torchvision.ops import roi_align
 from densessl.distributed import all_gather, all_reduce_mean, rank
 from densessl.methods.base import BackboneFactory, Method, Step, ViewRole, Views, register
 from densessl.methods.configs import SlotConConfig
-from densessl.models.heads import build_mlp
+from densessl.models.heads import build_mlp, trunc_normal_init
 from densessl.models.momentum import MomentumSchedule, ema_update, momentum_copy
 from densessl.views.geometry import overlap_boxes_batch
-
-
-def _trunc_normal_init(module: nn.Module) -> None:
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d | nn.Linear):
-            nn.init.trunc_normal_(layer.weight, std=0.02)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
 
 
 class SemanticGrouping(nn.Module):
@@ -167,12 +159,12 @@ class SlotCon(Method):
             activation="gelu",
             spatial=True,
         )
-        _trunc_normal_init(self.projector_q)
+        trunc_normal_init(self.projector_q, (nn.Conv2d, nn.Linear))
         self.grouping_q = SemanticGrouping(config.num_prototypes, config.dim, config.teacher_temp)
         self.predictor_slot = build_mlp(
             [config.dim, config.hidden_dim, config.hidden_dim, config.dim], norm=True, activation="gelu"
         )
-        _trunc_normal_init(self.predictor_slot)
+        trunc_normal_init(self.predictor_slot, (nn.Conv2d, nn.Linear))
         self.encoder_k = momentum_copy(self.encoder_q)
         self.projector_k = momentum_copy(self.projector_q)
         self.grouping_k = momentum_copy(self.grouping_q)

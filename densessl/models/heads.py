@@ -47,6 +47,18 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
+def trunc_normal_init(
+    module: nn.Module, layers: tuple[type[nn.Module], ...] = (nn.Linear,), std: float = 0.02
+) -> None:
+    """Every ``layers`` module inside ``module``: weights from a normal truncated at +-2 (the
+    ViT / DINO initialisation, used by SlotCon's heads and MGC), biases zero."""
+    for layer in module.modules():
+        if isinstance(layer, layers):
+            nn.init.trunc_normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class GlobalHead(nn.Module):
     """Global average pool of a dense map followed by an MLP (MoCo-v2's ``fc`` head)."""
 
