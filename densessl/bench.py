@@ -123,11 +123,15 @@ def add_view_targets(batch_data: dict[str, Any], config: ExperimentConfig) -> No
     batch_data["targets"] = {k: torch.stack([t[k] for t in samples]) for k in samples[0]}
 
 
-def build_dataset(config: ExperimentConfig, min_length: int = 0, seed: int = 0):
+def build_dataset(
+    config: ExperimentConfig, min_length: int = 0, seed: int = 0, device: torch.device | None = None
+):
     """The trainer's dataset for ``config`` (source, view sampler, the method's view targets); a
-    synthetic source gets at least ``min_length`` images."""
+    synthetic source gets at least ``min_length`` images. With a ``device``, JPEGs are left to it
+    where ``data.decode`` says so, as the trainer does."""
     from densessl.data.sources import parse_source
     from densessl.methods import METHODS
+    from densessl.training.trainer import decodes_on_device
     from densessl.views.dataset import MultiViewDataset
     from densessl.views.sampler import ViewSampler
 
@@ -138,6 +142,7 @@ def build_dataset(config: ExperimentConfig, min_length: int = 0, seed: int = 0):
         corrupt=config.data.corrupt,
         max_skipped_fraction=config.data.max_skipped_fraction,
         targets=METHODS[config.method.name].view_targets(config),
+        defer_jpeg=device is not None and decodes_on_device(config.data.decode, device),
     )
 
 
@@ -173,11 +178,21 @@ def timed_batches(loader: DataLoader, batches: int, warmup: int = 1) -> Iterator
             shutdown()
 
 
-def loader_images_per_s(dataset, batch: int, workers: int, batches: int) -> float:
+def loader_images_per_s(
+    dataset, batch: int, workers: int, batches: int, device: torch.device | None = None
+) -> float:
     """Images per second the loader delivers with ``workers`` processes (0: in this process),
-    once started, when nothing else is waiting on it."""
+    once started, when nothing else is waiting on it. JPEGs left to the device are decoded and
+    cropped on ``device``, and that time counts as the loader's."""
+    from densessl.views.deferred import complete_views
+
     images = seconds = 0.0
     for collated, waited in timed_batches(make_loader(dataset, batch, workers), batches):
+        if collated["deferred"]:
+            started = time.perf_counter()
+            complete_views(collated, dataset.sampler, device or torch.device("cpu"))
+            synchronize(device or torch.device("cpu"))
+            waited += time.perf_counter() - started
         images += collated["crops"][0].shape[0]
         seconds += waited
     return images / max(seconds, 1e-9)
@@ -243,15 +258,18 @@ def recommend(
 
 
 # -- the phases ---------------------------------------------------------------------------------
-def measure_loader(config: ExperimentConfig, workers: list[int], batches: int) -> dict[str, Any]:
-    """Phase (a): the loader alone, at each worker count."""
+def measure_loader(
+    config: ExperimentConfig, workers: list[int], batches: int, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Phase (a): the loader alone, at each worker count (JPEGs decoded where the trainer on
+    ``device`` would decode them)."""
     batch = config.train.batch_size
     rows = []
     for w in workers:
         # a fresh dataset each time: a synthetic source keeps what it rendered, and the next
         # count would otherwise read the first one's images from memory
-        dataset = build_dataset(config, min_length=batch * (batches + 1))
-        rate = loader_images_per_s(dataset, batch, w, batches)
+        dataset = build_dataset(config, min_length=batch * (batches + 1), device=device)
+        rate = loader_images_per_s(dataset, batch, w, batches, device)
         rows.append({"workers": w, "images_per_s": rate, "images_per_s_per_worker": rate / max(w, 1)})
     return {"batch": batch, "batches": batches, "runs": rows}
 
@@ -482,7 +500,7 @@ def run_bench(
     }
 
     _progress(f"loader alone, {batches} batches of {config.train.batch_size} with {workers} workers")
-    report["loader"] = measure_loader(config, workers, batches)
+    report["loader"] = measure_loader(config, workers, batches, device)
     for row in report["loader"]["runs"]:
         _progress(
             f"  {row['workers']} workers: {row['images_per_s']:.1f} images/s "

@@ -77,9 +77,10 @@ class DataConfig:
     #: so far were unreadable (a broken folder, not a stray bad file)
     max_skipped_fraction: float = 0.1
     #: where images are decoded: ``cpu`` (loader workers; JPEGs by libjpeg-turbo, at 1/2-1/8
-    #: size when every crop allows it) or ``auto``; ``auto`` is ``cpu`` as long as there is no
-    #: device decoder
-    decode: Literal["cpu", "auto"] = "auto"
+    #: size when every crop allows it), ``gpu`` (workers read the bytes and draw the boxes; the
+    #: training device decodes JPEGs, nvjpeg on CUDA, and crops them) or ``auto`` (``gpu`` when
+    #: training on CUDA, ``cpu`` otherwise)
+    decode: Literal["cpu", "gpu", "auto"] = "auto"
     workers: int = 4
 
 

@@ -11,10 +11,17 @@ pixels first and the pixels decoded afterwards, possibly at a reduced size:
 * a JPEG decoded at ``1/2``, ``1/4`` or ``1/8`` of its size uses PIL's draft mode, which scales in
   the DCT domain and so skips most of the decoding work.
 
-EXIF orientation is applied on every path (decode_jpeg's ``apply_exif_orientation`` and
-``ImageOps.exif_transpose`` implement the same eight cases), so sizes and boxes always refer to
-the upright image. A file that cannot be decoded raises :class:`CorruptImageError`; PIL has the
-last word, so a file is called corrupt exactly when the PIL decoder rejects it.
+EXIF orientation is applied on every path (decode_jpeg's ``apply_exif_orientation``,
+``ImageOps.exif_transpose`` and :func:`orient` implement the same eight cases), so sizes and boxes
+always refer to the upright image. A file that cannot be decoded raises
+:class:`CorruptImageError`; PIL has the last word, so a file is called corrupt exactly when the
+PIL decoder rejects it.
+
+Device decoding (``data.decode: gpu``) leaves a JPEG's pixels to the training process:
+:attr:`EncodedImage.deferrable` says which files qualify (plain RGB or grey JPEGs whose data ends
+with the end-of-image marker, so a truncated file is still decoded, and judged, in the worker),
+and :func:`decode_jpegs` decodes a batch of them on the device (nvjpeg on CUDA), turned upright
+by :func:`orient`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from densessl.errors import CorruptImageError
 
-__all__ = ["REDUCTIONS", "EncodedImage", "open_image", "read_image"]
+__all__ = ["REDUCTIONS", "EncodedImage", "decode_jpegs", "open_image", "orient", "read_image"]
 
 #: the size reductions PIL's JPEG draft mode can do in the DCT domain
 REDUCTIONS: tuple[int, ...] = (1, 2, 4, 8)
@@ -39,6 +46,9 @@ _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 # header modes whose JPEGs decode_jpeg turns into the same RGB as PIL's conversion does
 _FAST_JPEG_MODES = ("RGB", "L")
+# a JPEG's end-of-image marker; encoders may pad a few bytes after it
+_JPEG_EOI = b"\xff\xd9"
+_EOI_SEARCH = 64
 
 # torchvision 0.29 warns on every use of its image decoders that they will move to another
 # package; the call stays valid, and a warning per image would flood the loader's log
@@ -60,6 +70,8 @@ class EncodedImage:
         self.path = path
         self.data = data
         self._pixels: torch.Tensor | None = None
+        #: the EXIF orientation tag (1..8) of a JPEG; other formats are upright once decoded
+        self.orientation = 1
         if not data:
             raise CorruptImageError(path, "empty file (0 bytes)")
         try:
@@ -70,6 +82,7 @@ class EncodedImage:
                 if self.format == "JPEG":
                     # EXIF sits in the APP1 segment, before the pixels: reading it is cheap
                     orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                    self.orientation = orientation if 1 <= orientation <= 8 else 1
                 else:
                     self._pixels = self._upright(img)
         except CorruptImageError:
@@ -88,6 +101,20 @@ class EncodedImage:
     def can_reduce(self) -> bool:
         """Whether :meth:`decode` with a reduction saves decoding work (JPEGs only)."""
         return self.format == "JPEG"
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether the pixels may be left to :func:`decode_jpegs` on the training device.
+
+        Only JPEGs that decode to RGB as PIL would (RGB or grey) and whose data ends with the
+        end-of-image marker: a truncated file is decoded in the worker, where the skip policy
+        handles it like any other unreadable image.
+        """
+        return (
+            self.format == "JPEG"
+            and self.mode in _FAST_JPEG_MODES
+            and _JPEG_EOI in bytes(self.data[-_EOI_SEARCH:])
+        )
 
     def decode(self, reduction: int = 1) -> torch.Tensor:
         """The upright uint8 ``(3, h, w)`` image, ``h ~ height / reduction`` (rounded up)."""
@@ -138,6 +165,49 @@ class EncodedImage:
             raise CorruptImageError(self.path, f"decoded to an unexpected shape {array.shape}")
         # a (3, H, W) view of the (H, W, 3) array: the crop resamples from it without a copy
         return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a ``(C, H, W)`` image stored with EXIF ``orientation`` (1..8) upright, as
+    ``ImageOps.exif_transpose`` does; works on any device."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:  # PIL's TRANSPOSE: mirror along the main diagonal
+        return image.transpose(-2, -1)
+    if orientation == 6:  # PIL's ROTATE_270: a quarter turn clockwise
+        return image.rot90(-1, dims=(-2, -1))
+    if orientation == 7:  # PIL's TRANSVERSE: mirror along the other diagonal
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # PIL's ROTATE_90: a quarter turn counter-clockwise
+        return image.rot90(1, dims=(-2, -1))
+    return image
+
+
+def decode_jpegs(
+    data: list[torch.Tensor], orientations: list[int], device: torch.device
+) -> list[torch.Tensor | None]:
+    """Decode JPEG byte tensors (on the CPU) into upright uint8 ``(3, H, W)`` images on ``device``.
+
+    On CUDA the whole list goes to nvjpeg in one batched call; elsewhere libjpeg-turbo decodes
+    them one by one. An image that fails to decode comes back as ``None`` (the batch is retried
+    one image at a time to find it), so the caller can hand that file to PIL.
+    """
+    if not data:
+        return []
+    try:
+        images: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        images = []
+        for one in data:
+            try:
+                images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                images.append(None)
+    return [None if img is None else orient(img, o) for img, o in zip(images, orientations, strict=True)]
 
 
 def open_image(path: str | os.PathLike) -> EncodedImage:

@@ -70,6 +70,7 @@ from densessl.views.dataset import (
     collate_views,
     derive_seed,
 )
+from densessl.views.deferred import complete_views
 from densessl.views.sampler import ViewSampler
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ RESUMABLE_CHANGES = (
     "train.cpu_threads",
     "data.source",
     "data.workers",
+    "data.decode",
     "data.corrupt",
     "data.max_skipped_fraction",
 )
@@ -117,7 +119,12 @@ def prepare_views(
     device: torch.device,
     channels_last: bool,
 ) -> Views:
-    """Move a collated batch to ``device`` and run each view's photometric augmentation there."""
+    """Move a collated batch to ``device`` and run each view's photometric augmentation there.
+
+    Views left to device decoding are decoded and cropped first (:mod:`densessl.views.deferred`).
+    """
+    if batch.get("deferred"):
+        complete_views(batch, ViewSampler([v.crop for v in views]), device)
     images = []
     for crops, view in zip(batch["crops"], views, strict=True):
         x = augment_view(crops.to(device, non_blocking=True), view.photometric, generator)
@@ -131,6 +138,17 @@ def prepare_views(
         references=tuple(batch["references"]),
         targets={k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()},
     )
+
+
+def decodes_on_device(decode: str, device: torch.device) -> bool:
+    """Whether ``data.decode`` leaves JPEG pixels to the training device (``auto``: on CUDA)."""
+    if decode == "gpu" and device.type != "cuda":
+        log.warning(
+            "data.decode=gpu on a %s run: JPEGs are decoded in the training process, not in the "
+            "loader workers (data.decode=cpu or auto decodes them in the workers)",
+            device.type,
+        )
+    return decode == "gpu" or (decode == "auto" and device.type == "cuda")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -294,6 +312,7 @@ class Trainer:
             corrupt=cfg.data.corrupt,
             max_skipped_fraction=cfg.data.max_skipped_fraction,
             targets=type(method).view_targets(cfg),
+            defer_jpeg=decodes_on_device(cfg.data.decode, self.device),
         )
         if cfg.train.sync_bn and world > 1:
             method = dist.convert_sync_batchnorm(method, self.device)
@@ -500,6 +519,9 @@ class Trainer:
         """The next batch; None at the end of the data, or when a stop request cut the fetch short."""
         try:
             batch = next(iterator)
+            if batch["deferred"]:
+                # decoded here, not in the step: a file the device cannot read is a data error
+                complete_views(batch, run.dataset.sampler, self.device, self.config.data.corrupt)
             if batch["unreadable"]:
                 # each worker checks its own share; the budget is over the distinct files of all
                 run.unreadable.update(batch["unreadable"])

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densessl.data.base import CorruptImageError, DataError, ImageSource
+from densessl.views.deferred import DeferredImage
 from densessl.views.geometry import ViewRecord
 from densessl.views.sampler import ViewSampler, records_to_tensors
 
@@ -82,6 +83,7 @@ class MultiViewDataset(Dataset):
         max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
         targets: Callable[[list[ViewRecord], tuple[int, int]], dict[str, torch.Tensor]] | None = None,
         max_reduction: int = 8,
+        defer_jpeg: bool = False,
     ) -> None:
         if len(source) == 0:
             raise DataError("the image source is empty")
@@ -95,6 +97,9 @@ class MultiViewDataset(Dataset):
         # JPEG files are decoded at up to 1/max_reduction of their size when every crop allows it
         # (1: always full size)
         self.max_reduction = max_reduction
+        # device decoding: a JPEG that allows it leaves the worker as bytes and boxes, its pixels
+        # decoded and cropped on the training device (densessl.views.deferred)
+        self.defer_jpeg = defer_jpeg
         # the method's per-sample targets, computed here so that they run in the loader workers
         self.targets = targets
         # distinct unreadable files met by this process (bounded by the budget: it raises first)
@@ -123,7 +128,7 @@ class MultiViewDataset(Dataset):
 
     def _views(
         self, position: int, seed: int
-    ) -> tuple[list[torch.Tensor], list[ViewRecord], tuple[int, int]]:
+    ) -> tuple[list[torch.Tensor] | DeferredImage, list[ViewRecord], tuple[int, int]]:
         # a fresh generator per attempt: a substitute image gets the draws the requested one would
         generator = torch.Generator().manual_seed(seed)
         encoded = getattr(self.source, "encoded", None)
@@ -135,6 +140,10 @@ class MultiViewDataset(Dataset):
         # largest reduction every view allows (a corrupt body only shows up here)
         file = encoded(position)
         records = self.sampler.sample_records(*file.size, generator)
+        if self.defer_jpeg and file.deferrable:
+            data = torch.frombuffer(file.data, dtype=torch.uint8)
+            view_sizes = tuple(r.size for r in records)
+            return DeferredImage(file.path, data, file.orientation, file.size, view_sizes), records, file.size
         reduction = self.sampler.reduction(records, self.max_reduction) if file.can_reduce else 1
         return self.sampler.crop(file.decode(reduction), records, file.size), records, file.size
 
@@ -144,8 +153,10 @@ class MultiViewDataset(Dataset):
         (crops, records, (height, width)), unreadable = self._first_readable(
             index, lambda position: self._views(position, seed)
         )
+        deferred = crops if isinstance(crops, DeferredImage) else None
         return {
-            "crops": crops,
+            "crops": None if deferred is not None else crops,
+            "deferred": deferred,
             **records_to_tensors(records),
             "references": tuple(r.reference for r in records),
             "targets": self.targets(records, (height, width)) if self.targets is not None else {},
@@ -162,11 +173,30 @@ def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     tensors, ``references`` (the same for every sample: the recipe fixes it) as one tuple. The
     method's ``targets`` are stacked key by key. ``skipped`` sums the images passed over;
     ``unreadable`` lists the distinct files behind them.
+
+    Samples left to device decoding have no crops yet: their rows of ``crops`` stay zero and
+    ``deferred`` lists ``(row, DeferredImage)`` for :func:`densessl.views.deferred.complete_views`.
     """
-    num_views = len(samples[0]["crops"])
     first = samples[0]
+    decoded = next((s for s in samples if s.get("crops") is not None), None)
+    if decoded is not None:
+        shapes = [tuple(c.shape) for c in decoded["crops"]]
+    else:
+        shapes = [(3, *size) for size in samples[0]["deferred"].view_sizes]
+    deferred = [(row, s["deferred"]) for row, s in enumerate(samples) if s.get("deferred") is not None]
+    crops = []
+    for v, shape in enumerate(shapes):
+        if not deferred:
+            crops.append(torch.stack([s["crops"][v] for s in samples]))
+            continue
+        stacked = torch.zeros((len(samples), *shape), dtype=torch.uint8)
+        for row, s in enumerate(samples):
+            if s.get("crops") is not None:
+                stacked[row] = s["crops"][v]
+        crops.append(stacked)
     return {
-        "crops": [torch.stack([s["crops"][v] for s in samples]) for v in range(num_views)],
+        "crops": crops,
+        "deferred": deferred,
         "boxes": torch.stack([s["boxes"] for s in samples]),
         "flips": torch.stack([s["flips"] for s in samples]),
         "accepted": torch.stack([s["accepted"] for s in samples]),
