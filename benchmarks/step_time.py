@@ -22,7 +22,9 @@ MoCo-v2 on a ResNet-50, the unit of the methods spec's cost estimates (spec 6.1)
     DENSESSL_PLAIN_INFONCE=1 python benchmarks/step_time.py --setting quick   # the loss before fusion
 
 ``DENSESSL_PLAIN_INFONCE=1`` puts the plain InfoNCE formulas (benchmarks/infonce.py) back into the
-methods, the "before" of a comparison with the fused loss; the library itself has no such switch.
+methods, the "before" of a comparison with the fused loss; ``DENSESSL_FLOAT32_PRODUCTS=1`` keeps
+the fused loss's matrix products in float32 under autocast (the fused loss before it followed
+autocast). The library itself has neither switch.
 """
 
 from __future__ import annotations
@@ -138,12 +140,16 @@ def measure(
     device: torch.device,
     precision: str,
     channels_last: bool,
+    methods: list[str] | None = None,
 ) -> dict:
     """Medians over ``iters`` rounds; each round times every method's step and bare passes in
-    turn, so that a load that comes and goes on a shared machine weighs on all of them alike."""
+    turn, so that a load that comes and goes on a shared machine weighs on all of them alike.
+    ``methods``: a subset of the setting's (MoCo-v2, the reference, is always timed)."""
+    chosen = {*methods, "mocov2"} if methods else set(SETTINGS[setting])
     steps = {
         name: build_steps(recipe, batch, device, precision, channels_last)
         for name, recipe in SETTINGS[setting].items()
+        if name in chosen
     }
     for fns in steps.values():
         for _ in range(warmup):
@@ -167,7 +173,7 @@ def measure(
             results[name]["view_targets_ms_per_image"] = fns["targets_ms"]
             # loader-worker CPU for the targets, as a share of the step's time per image
             results[name]["view_targets_share"] = fns["targets_ms"] / (step_ms / batch)
-    for name in SETTINGS[setting]:
+    for name in steps:
         if name != "mocov2":
             results[f"{name}_over_mocov2"] = results[name]["step_ms"] / results["mocov2"]["step_ms"]
     return results
@@ -183,11 +189,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of each setting's methods")
     args = parser.parse_args()
     if os.environ.get("DENSESSL_PLAIN_INFONCE") == "1":
         from infonce import install_plain  # benchmarks/infonce.py, beside this script
 
         install_plain()
+    if os.environ.get("DENSESSL_FLOAT32_PRODUCTS") == "1":
+        from densessl.models import infonce
+
+        infonce._product_dtype = lambda device_type: None
     device = torch.device(args.device)
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     report = {
@@ -195,14 +206,17 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "precision": args.precision,
         "plain_infonce": os.environ.get("DENSESSL_PLAIN_INFONCE") == "1",
+        "float32_products": os.environ.get("DENSESSL_FLOAT32_PRODUCTS") == "1",
         "runs": [],
     }
     for setting in settings:
         batch = args.batch_quick if setting == "quick" else args.batch_224
-        r = measure(setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last)
+        r = measure(
+            setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last, args.methods
+        )
         report["runs"].append(r)
         print(f"[{setting}, batch {batch}, {device}]")
-        for name in SETTINGS[setting]:
+        for name in (n for n in SETTINGS[setting] if n in r):
             m = r[name]
             print(
                 f"  {name:8s} step {m['step_ms']:9.1f} ms  bare backbone {m['bare_backbone_ms']:9.1f} ms  "
@@ -213,7 +227,7 @@ def main() -> None:
                     f"  {name:8s} view targets {m['view_targets_ms_per_image']:.3f} ms/image in the loader "
                     f"workers ({100 * m['view_targets_share']:.1f}% of the step time per image)"
                 )
-        for name in SETTINGS[setting]:
+        for name in (n for n in SETTINGS[setting] if n in r):
             if name != "mocov2":
                 print(f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}")
     print(json.dumps(report))
