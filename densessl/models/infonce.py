@@ -73,9 +73,17 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.T
     """``a @ b`` as ``out_dtype``; for half inputs on CUDA straight from float32 accumulators."""
     if a.dtype == out_dtype:
         return a @ b
-    if a.is_cuda:
-        return torch.mm(a, b, out_dtype=out_dtype)
+    if a.is_cuda and _CUDA_OUT_DTYPE[0]:
+        try:
+            return torch.mm(a, b, out_dtype=out_dtype)
+        except (RuntimeError, TypeError):
+            # a build or GPU without the mixed-type product: the rounded product, as elsewhere
+            _CUDA_OUT_DTYPE[0] = False
     return (a @ b).to(out_dtype)
+
+
+# whether torch.mm's out_dtype works here; cleared on the first refusal
+_CUDA_OUT_DTYPE = [True]
 
 
 def _chunked_logsumexp(
