@@ -46,3 +46,27 @@ def test_folders_are_labelled_by_the_largest_object_and_the_command_writes_them(
         == 0
     )
     assert '"trainval": 4' in capsys.readouterr().out
+
+
+def test_in_memory_sets_carry_the_labels_written_to_disk(tmp_path):
+    from PIL import Image
+
+    from densessl.data.synthetic_sets import LargestObjectScenes, PresenceScenes
+
+    root = write_synthetic_voc07(tmp_path / "voc", "easy", n_trainval=12, n_test=4)
+    presence = PresenceScenes("easy", "val", 12)
+    names = presence.class_names
+    for c, name in enumerate(names):
+        rows = (root / "ImageSets/Main" / f"{name}_trainval.txt").read_text().split("\n")[:-1]
+        assert [int(r.split()[1]) for r in rows] == presence.labels[:, c].tolist()
+    assert presence[3][1].tolist() == presence.labels[3].tolist() and presence[3][0].shape[2] == 3
+    folders = write_synthetic_folders(tmp_path / "folders", "easy", n_train=12, n_val=2)
+    largest = LargestObjectScenes("easy", "val", 12)
+    on_disk = sorted((p.stem, names.index(p.parent.name)) for p in (folders / "train").glob("*/*.jpg"))
+    assert on_disk == sorted((f"val_{i:06d}", label) for i, label in largest.items)
+    image, label = largest[0]
+    assert label == largest.labels[0]
+    assert (
+        Image.open(folders / "train" / names[label] / f"val_{largest.items[0][0]:06d}.jpg").size
+        == image.shape[1::-1]
+    )
