@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="start over in a run directory that already holds a run"
     )
+    p.add_argument(
+        "--reproduce",
+        default=None,
+        metavar="CKPT",
+        help="a new run with the config a checkpoint's ledger records (overrides still apply), "
+        "warning about every difference from the environment that wrote it",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument(
         "--method",
@@ -342,6 +349,43 @@ def _auto_config(args: argparse.Namespace):
     return config, recipe_text(config, choice, n_images)
 
 
+def _reproduce_config(args: argparse.Namespace):
+    """``--reproduce CKPT``: the config its ledger records with the line's overrides, the
+    ledger, and the default run directory ``runs/<run>-reproduce``."""
+    from densessl.config import apply_override, from_dict
+    from densessl.training.checkpoint import load_checkpoint
+
+    if args.config is not None or args.method:
+        raise ConfigError("--reproduce takes its config from the checkpoint: give no recipe and no --method")
+    path = Path(args.reproduce)
+    ckpt = load_checkpoint(path)
+    ledger = ckpt.get("ledger")
+    if not ledger:
+        log.warning(
+            "%s records no ledger: its config is used, the environment that wrote it is unknown", path
+        )
+    data = json.loads(json.dumps(ledger["config"] if ledger else ckpt["config"]))
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.source={json.dumps(_data_source(args.data))}")
+    for override in overrides:
+        apply_override(data, override)
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    return from_dict(data), ledger, Path("runs") / f"{run or 'run'}-reproduce"
+
+
+def _reproduce_warnings(ledger: dict[str, Any], config: Any, device: Any) -> list[str]:
+    """What differs between the recorded ledger and this run's: environment, data, overrides."""
+    from densessl.data.sources import parse_source
+    from densessl.distributed import world_size
+    from densessl.training.ledger import build_ledger, compare_ledger
+
+    # a data folder that is not here is an error (DataError), named in one line
+    source = parse_source(config.data.source, length=config.data.synthetic_length)
+    current = build_ledger(config, source, device, world_size())
+    return compare_ledger(ledger, current)
+
+
 def _resolve_pretrain(args: argparse.Namespace):
     """The config of a ``pretrain`` line, its default run directory and (size-aware) recipe text."""
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
@@ -382,7 +426,8 @@ def _pretrain_command(args: argparse.Namespace, out: Path, recipe: Path | None) 
     config = str(recipe) if recipe is not None else args.config
     # a step cap would stop the continued run at once
     overrides = [o for o in args.overrides if not o.startswith("train.max_steps=")] if recipe is None else []
-    words = ["densessl", "pretrain", config, "--out", str(out), "--resume", "auto", *overrides]
+    start = ["--reproduce", args.reproduce] if getattr(args, "reproduce", None) else [config]
+    words = ["densessl", "pretrain", *start, "--out", str(out), "--resume", "auto", *overrides]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -410,7 +455,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts over: give one of them")
-    config, default_out, recipe = _resolve_pretrain(args)
+    ledger = None
+    if args.reproduce:
+        # argparse gives the first override the recipe's slot, as in _resolve_pretrain
+        if args.config is not None and "=" in args.config and not Path(args.config).exists():
+            args.overrides = [args.config, *args.overrides]
+            args.config = None
+        config, ledger, default_out = _reproduce_config(args)
+        recipe = None
+    else:
+        config, default_out, recipe = _resolve_pretrain(args)
     if args.print_config:
         print(recipe if recipe is not None else config_yaml(config), end="")
         return 0
@@ -427,6 +481,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config.train.progress = False
     _configure_threads(config)
     trainer = Trainer(config, out, resume=args.resume, overwrite=args.overwrite)
+    if ledger:
+        # every process reads the data, so that a missing folder stops them all, not the first alone
+        differences = _reproduce_warnings(ledger, config, trainer.device)
+        for line in differences if _is_main_process() else []:
+            log.warning("differs from %s: %s", args.reproduce, line)
     resume_command = _pretrain_command(args, out, recipe_file)
     try:
         summary = trainer.fit()
@@ -542,6 +601,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         mark = "  <- exported" if role == report["exported_encoder"] else ""
         print(f"  encoder '{role}': {counts['parameters']:,} parameters in {counts['tensors']} tensors{mark}")
     print(f"  export formats: {', '.join(report['formats'])}")
+    if "ledger" in report:
+        from densessl.training.ledger import ledger_lines
+
+        print("  ledger:")
+        for line in ledger_lines(report["ledger"]):
+            print(f"    {line}")
     print(json.dumps(report))
     return 0
 

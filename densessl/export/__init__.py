@@ -4,7 +4,8 @@
   the MoCo / DenseCL / SlotCon / MGC reference layouts), takes the encoder its method exports
   (or the one asked for), converts it to a target of :mod:`densessl.export.formats`, checks the
   key set and the shapes, and writes the file plus ``<file>.json`` (architecture, source,
-  encoder) so densessl can rebuild the network later.
+  encoder, and the source checkpoint's reproduction ledger when it has one) so densessl can
+  rebuild the network later.
 - :func:`load_backbone` gives a ready backbone from ``random``, any such checkpoint or export.
 - :func:`inspect_checkpoint` says what a checkpoint holds.
 
@@ -195,6 +196,8 @@ def export(
         "num_tensors": len(converted),
         "source": str(checkpoint),
     }
+    if contents.notes.get("ledger"):
+        info["ledger"] = contents.notes["ledger"]
     standard, load_with = architecture_check(contents.model, fmt)
     info["standard_architecture"] = standard
     if not standard:
@@ -301,6 +304,8 @@ def inspect_checkpoint(path: str | Path, num_heads: int | None = None) -> dict[s
         "exported_encoder": contents.default_role,
         "formats": [name for name, f in FORMATS.items() if family(contents.model) in f.families],
     }
+    if contents.notes.get("ledger"):
+        report["ledger"] = contents.notes["ledger"]
     if family(contents.model) == "vit":
         from densessl.models.vit import VIT_ARCHITECTURES
 

@@ -181,7 +181,8 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None) -> Checkpoin
         return _densessl(where, obj)
     if isinstance(obj, dict) and "__safetensors__" in obj:
         info = json.loads(obj["metadata"].get("densessl", "{}"))
-        return _bare(where, obj["__safetensors__"], "safetensors", info.get("model"), num_heads)
+        contents = _bare(where, obj["__safetensors__"], "safetensors", info.get("model"), num_heads)
+        return _with_ledger(contents, info)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and _has(obj["model"], "stem.conv1."):
         state = {_d2_to_torchvision(k): v for k, v in obj["model"].items() if not k.startswith("stem.fc")}
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -235,8 +236,16 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None) -> Checkpoin
         state = strip_prefix(state, "backbone.")
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
     sidecar = Path(f"{path}.json")
-    recorded = json.loads(sidecar.read_text()).get("model") if sidecar.is_file() else None
-    return _bare(where, state, "bare", recorded, num_heads)
+    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return _with_ledger(_bare(where, state, "bare", info.get("model"), num_heads), info)
+
+
+def _with_ledger(contents: CheckpointContents, info: dict[str, Any]) -> CheckpointContents:
+    """An exported file keeps the ledger of the checkpoint it came from (its sidecar's or its
+    metadata's), so that exporting it again carries the ledger on."""
+    if isinstance(info.get("ledger"), dict):
+        contents.notes["ledger"] = info["ledger"]
+    return contents
 
 
 def _bare(
@@ -311,5 +320,6 @@ def _densessl(where: str, ckpt: dict[str, Any]) -> CheckpointContents:
         epoch=ckpt.get("epoch"),
         step=ckpt.get("step"),
         config=ckpt["config"],
-        notes={"num_heads_recorded": True},
+        # checkpoints written before the ledger existed have none
+        notes={"num_heads_recorded": True, **({"ledger": ckpt["ledger"]} if ckpt.get("ledger") else {})},
     )
