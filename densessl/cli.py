@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from densessl import __version__
+from densessl.compare import PROTOCOLS as COMPARE_PROTOCOLS
 from densessl.config import config_yaml, did_you_mean, load_config
 from densessl.errors import ConfigError, DensesslError
 from densessl.recipes import quick_methods
@@ -186,6 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     methods = quick_methods()
+    p = sub.add_parser(
+        "compare",
+        help="methods x pre-training seeds at equal compute on the synthetic scenes, probed, with "
+        "mean, std, 95%% intervals and paired tests (Markdown table and PNG)",
+    )
+    p.add_argument("--methods", nargs="+", default=["mocov2", "densecl", "slotcon"], choices=methods)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="pre-training seeds")
+    p.add_argument("--minutes", type=float, default=4.0, help="pre-training minutes per run, every method")
+    p.add_argument("--protocols", nargs="+", default=list(COMPARE_PROTOCOLS), choices=list(COMPARE_PROTOCOLS))
+    p.add_argument(
+        "--step-ms",
+        nargs="*",
+        default=[],
+        metavar="METHOD=MS",
+        help="step times measured elsewhere (benchmarks/step_time.py), instead of timing here",
+    )
+    p.add_argument(
+        "--supervised-epochs", type=int, default=10, help="epochs of the supervised ceiling (0: none)"
+    )
+    p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
+    p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")
+    p.add_argument(
+        "--out", default="runs/compare", help="where runs, summary.json, table.md and compare.png go"
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of every quick recipe")
+
     p = sub.add_parser("demo", help="pre-train on the synthetic scenes, then probe against random init")
     p.add_argument("--method", default="densecl", choices=methods, help="the quick recipe to run")
     p.add_argument(
@@ -553,6 +580,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from densessl.compare import CompareSettings, run_compare
+
+    step_ms = {}
+    for item in args.step_ms:
+        method, _, value = item.partition("=")
+        try:
+            step_ms[method] = float(value)
+        except ValueError:
+            raise ConfigError(f"--step-ms takes METHOD=MS, got {item!r}") from None
+    settings = CompareSettings(
+        methods=args.methods,
+        seeds=args.seeds,
+        minutes=args.minutes,
+        protocols=args.protocols,
+        step_ms=step_ms,
+        supervised_epochs=args.supervised_epochs,
+        probe_train=args.probe_train,
+        probe_test=args.probe_test,
+        overrides=[*args.overrides, "train.progress=false"] if args.quiet_level > 0 else list(args.overrides),
+    )
+    summary = run_compare(settings, args.out)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"written to {args.out}: summary.json, table.md, compare.png")
+    means = {m: {p: round(c["mean"], 2) for p, c in cells.items()} for m, cells in summary["methods"].items()}
+    print(json.dumps({"out": str(args.out), "means": means}))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from densessl.bench import run_bench
 
@@ -737,6 +793,7 @@ COMMANDS = {
     "recipes": cmd_recipes,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "compare": cmd_compare,
     "export": cmd_export,
     "inspect": cmd_inspect,
     "eval": cmd_eval,

@@ -110,8 +110,15 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(table: dict[str, dict[str, float]], out: str | Path, bar: int = 18, height: int = 220) -> Path:
-    """Grouped bars: one group per protocol, one colour per run, values in percent (0-100)."""
+def bar_chart(
+    table: dict[str, dict[str, float]],
+    out: str | Path,
+    bar: int = 18,
+    height: int = 220,
+    errors: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """Grouped bars: one group per protocol, one colour per run, values in percent (0-100);
+    ``errors`` (same layout, half-widths) draws a whisker on each bar."""
     columns = columns_of(table)
     runs = list(table)
     font = ImageFont.load_default()
@@ -134,6 +141,13 @@ def bar_chart(table: dict[str, dict[str, float]], out: str | Path, bar: int = 18
             x = x0 + r * bar
             y = top + height - max(0.0, min(value, 100.0)) * height / 100
             draw.rectangle([x, y, x + bar - 3, top + height], fill=PALETTE[r % len(PALETTE)])
+            half = (errors or {}).get(name, {}).get(column)
+            if half:
+                ys = [top + height - max(0.0, min(value + d, 100.0)) * height / 100 for d in (-half, half)]
+                mid = x + (bar - 3) / 2
+                draw.line([(mid, ys[0]), (mid, ys[1])], fill="black")
+                draw.line([(mid - 3, ys[0]), (mid + 3, ys[0])], fill="black")
+                draw.line([(mid - 3, ys[1]), (mid + 3, ys[1])], fill="black")
         for line, text in enumerate(column.split(" ", 1)):  # "svm-voc07" / "openselfsup" on two lines
             draw.text((x0, top + height + 6 + 12 * line), text, fill="black", font=font)
     for r, name in enumerate(runs):

@@ -1,0 +1,385 @@
+"""``densessl compare``: methods x pre-training seeds at equal compute, probed, with statistics.
+
+Each method's quick recipe (the synthetic scenes) is timed on this machine, or given step times
+are used, and its epoch count set so that pre-training fits the same number of minutes. Every
+method is pre-trained once per seed; beside them, for every seed, the **random** floor (the
+backbone exactly as pre-training initialises it) and the **supervised** ceiling (the same backbone
+trained with per-pixel cross-entropy on the labelled pre-training scenes,
+:mod:`densessl.eval.supervised`). A ViT method (MGC) gets its own random floor, ``random_vit``.
+
+Every backbone is probed on held-out scenes by the dense protocols, ``linear`` (1x1-conv probe,
+mIoU, mean of 3 probe seeds), ``nn`` (nearest-neighbour retrieval mIoU), ``cluster`` (K-means
+with K = classes, Hungarian matching, mIoU), and the global ones, ``svm`` (presence mAP) and
+``knn`` (largest-object top-1), all in percent.
+
+Per method and protocol the summary gives the mean, the standard deviation over seeds and a 95%
+interval (Student's t with n - 1 degrees of freedom); each pair of methods gets a paired t-test
+over their common seeds (the same seed gives both the same initial weights and data order).
+``gap_closed`` is ``(method - random) / (supervised - random)``. Results land in ``--out``:
+one ``result.json`` per run (a comparison that stopped resumes where it stopped: finished runs
+are read back, a pre-training that was cut continues from its checkpoint), ``summary.json``,
+``table.md`` and ``compare.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOLS",
+    "CompareSettings",
+    "describe",
+    "evaluate_backbone",
+    "markdown_tables",
+    "paired_test",
+    "run_compare",
+    "summarise",
+]
+
+#: protocol -> what it reports (all in percent)
+PROTOCOLS: dict[str, str] = {
+    "linear": "linear-probe mIoU",
+    "nn": "retrieval mIoU",
+    "cluster": "clustering mIoU",
+    "svm": "presence mAP",
+    "knn": "largest-object k-NN top-1",
+}
+FLOOR, CEILING = "random", "supervised"
+
+
+@dataclass
+class CompareSettings:
+    methods: list[str] = field(default_factory=lambda: ["mocov2", "densecl", "slotcon"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    #: pre-training minutes per run, the same for every method
+    minutes: float = 4.0
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    #: method -> milliseconds per step measured elsewhere, instead of timing here
+    step_ms: dict[str, float] = field(default_factory=dict)
+    calibration_steps: int = 12
+    #: epochs of the supervised ceiling (0: no ceiling)
+    supervised_epochs: int = 10
+    probe_train: int = 600
+    probe_test: int = 300
+    #: overrides applied to every recipe
+    overrides: list[str] = field(default_factory=list)
+    device: str | None = None
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def describe(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and the two-sided Student-t interval of the mean."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to describe")
+    mean = float(statistics.fmean(values))
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": 0.0, "ci_low": mean, "ci_high": mean}
+    std = float(statistics.stdev(values))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired two-sided t-test of ``a - b`` (values of the same seeds, in the same order)."""
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    out = {"n": len(diff), "mean_difference": float(statistics.fmean(diff)) if diff else math.nan}
+    if len(diff) < 2 or statistics.pstdev(diff) == 0:
+        return {**out, "t": math.nan, "p": math.nan}
+    result = stats.ttest_rel(a, b)
+    return {**out, "t": float(result.statistic), "p": float(result.pvalue)}
+
+
+def summarise(results: list[dict[str, Any]], protocols: Sequence[str]) -> dict[str, Any]:
+    """Per method and protocol :func:`describe`, the gap closed between floor and ceiling, and a
+    :func:`paired_test` for each pair of methods over their common seeds."""
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    by = {(r["method"], r["seed"]): r["scores"] for r in results}
+    table: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        table[method] = {}
+        for protocol in protocols:
+            values = [by[(m, s)][protocol] for (m, s) in by if m == method and protocol in by[(m, s)]]
+            if values:
+                table[method][protocol] = describe(values)
+    for method in methods:
+        for protocol, cell in table[method].items():
+            floor = table.get(FLOOR, {}).get(protocol)
+            ceiling = table.get(CEILING, {}).get(protocol)
+            if floor and ceiling and ceiling["mean"] != floor["mean"]:
+                cell["gap_closed"] = (cell["mean"] - floor["mean"]) / (ceiling["mean"] - floor["mean"])
+    pairs = []
+    for first, second in itertools.combinations(methods, 2):
+        for protocol in protocols:
+            seeds = sorted(
+                s
+                for (m, s), scores in by.items()
+                if m == first and protocol in scores and protocol in by.get((second, s), {})
+            )
+            if not seeds:
+                continue
+            a = [by[(first, s)][protocol] for s in seeds]
+            b = [by[(second, s)][protocol] for s in seeds]
+            pairs.append({"a": first, "b": second, "protocol": protocol, **paired_test(a, b)})
+    return {"methods": table, "pairs": pairs}
+
+
+def markdown_tables(summary: dict[str, Any], protocols: Sequence[str]) -> str:
+    """The per-method table (mean ± std [95% interval], gap closed) and the pairwise tests."""
+    head = "| method | " + " | ".join(PROTOCOLS[p] for p in protocols) + " |"
+    lines = [head, "|---" * (len(protocols) + 1) + "|"]
+    for method, cells in summary["methods"].items():
+        row = [method]
+        for protocol in protocols:
+            c = cells.get(protocol)
+            if c is None:
+                row.append("")
+                continue
+            text = f"{c['mean']:.2f} ± {c['std']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+            if "gap_closed" in c and method not in (FLOOR, CEILING):
+                text += f" ({100 * c['gap_closed']:.0f}%)"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| a | b | protocol | seeds | mean a - b | t | p |", "|---|---|---|---|---|---|---|"]
+    for pair in summary["pairs"]:
+        if FLOOR in (pair["a"], pair["b"]) or CEILING in (pair["a"], pair["b"]):
+            continue
+        lines.append(
+            f"| {pair['a']} | {pair['b']} | {pair['protocol']} | {pair['n']} | "
+            f"{pair['mean_difference']:+.2f} | {pair['t']:.2f} | {pair['p']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- probing ----------------------------------------------------------------------------------------
+def evaluate_backbone(
+    backbone: Any,
+    scenes: Any,
+    protocols: Sequence[str],
+    probe_train: int = 600,
+    probe_test: int = 300,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Score a frozen backbone on held-out scenes (``val`` to fit, ``test`` to score) with each
+    protocol; percentages, one headline figure per protocol."""
+    from densessl.data.synthetic import SyntheticScenes
+    from densessl.data.synthetic_sets import LargestObjectScenes, PresenceScenes
+    from densessl.eval.classification import run_knn, run_svm_voc07
+    from densessl.eval.clustering import run_clustering
+    from densessl.eval.retrieval import evaluate_nn
+    from densessl.eval.segmentation import extract_features, probe_features
+
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"unknown protocols {unknown}; choose from {', '.join(PROTOCOLS)}")
+    size, classes = scenes.image_size, scenes.num_classes + 1
+    scores: dict[str, float] = {}
+    if {"linear", "nn", "cluster"} & set(protocols):
+        train_f, train_m = extract_features(
+            backbone, SyntheticScenes(scenes, "val", probe_train), size, 64, device
+        )
+        test_f, test_m = extract_features(
+            backbone, SyntheticScenes(scenes, "test", probe_test), size, 64, device
+        )
+        if "linear" in protocols:
+            probe = probe_features(
+                train_f, train_m, test_f, test_m, classes, head="linear", seeds=(0, 1, 2), epochs=30,
+                lr=0.1, batch_size=64, train_resolution=size // 2, device=device,
+            )  # fmt: skip
+            scores["linear"] = 100 * probe["miou"]
+        if "nn" in protocols:
+            scores["nn"] = 100 * evaluate_nn(train_f, train_m, test_f, test_m, classes, device=device)["miou"]
+        if "cluster" in protocols:
+            clusters = run_clustering(test_f, test_m, classes, clusters=[classes], seeds=(0, 1, 2))
+            scores["cluster"] = 100 * clusters["clusterings"][0]["miou"]
+    if "svm" in protocols:
+        train, test = PresenceScenes(scenes, "val", probe_train), PresenceScenes(scenes, "test", probe_test)
+        svm = run_svm_voc07(
+            backbone, train, test, image_size=size, device=device, class_names=train.class_names
+        )
+        scores["svm"] = svm["map"]
+    if "knn" in protocols:
+        train, test = (
+            LargestObjectScenes(scenes, "val", probe_train),
+            LargestObjectScenes(scenes, "test", probe_test),
+        )
+        scores["knn"] = run_knn(backbone, train, test, image_size=size, device=device)["top1"]
+    return scores
+
+
+# -- the runs ---------------------------------------------------------------------------------------
+def _seconds_per_epoch(method: str, out: Path, overrides: list[str], steps: int) -> float:
+    """Time the second window of ``steps`` training steps (the first warms up) for one epoch."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path
+    from densessl.training.trainer import Trainer
+
+    extra = [f"train.max_steps={2 * steps}", f"train.log_every={steps}", "train.tensorboard=false"]
+    config = load_config(quick_config_path(method), [*overrides, *extra, "train.progress=false"])
+    Trainer(config, out, resume="auto-or-new").fit()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return config.data.synthetic_length / last["images_per_s"]
+
+
+def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, float]]:
+    """Epochs per method for ``settings.minutes`` of pre-training (kept in ``plan.json``)."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path
+
+    plan_file = out / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    for method in settings.methods:
+        if method in plan:
+            continue
+        if method in settings.step_ms:
+            config = load_config(quick_config_path(method), settings.overrides)
+            steps = config.data.synthetic_length // config.train.batch_size
+            epoch_s, how = settings.step_ms[method] * steps / 1000, "given step time"
+        else:
+            log.info("compare: timing %s for %d steps", method, 2 * settings.calibration_steps)
+            epoch_s = _seconds_per_epoch(
+                method, out / f"calibrate_{method}", settings.overrides, settings.calibration_steps
+            )
+            how = "timed here"
+        epochs = max(1, math.floor(settings.minutes * 60 / epoch_s))
+        plan[method] = {"seconds_per_epoch": epoch_s, "epochs": epochs, "source": how}
+        plan_file.write_text(json.dumps(plan, indent=2))
+        log.info("compare: %s %.1f s per epoch (%s) -> %d epochs", method, epoch_s, how, epochs)
+    return plan
+
+
+def _floor_method(methods: Sequence[str]) -> str:
+    """The ResNet method whose recipe defines the floor's and the ceiling's backbone."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path
+
+    for method in [*methods, "mocov2"]:
+        if not load_config(quick_config_path(method)).model.arch.startswith("vit"):
+            return method
+    return "mocov2"
+
+
+def _one_run(
+    name: str, seed: int, settings: CompareSettings, plan: dict[str, dict[str, float]], out: Path
+) -> dict[str, Any]:
+    from densessl.config import load_config
+    from densessl.data.synthetic import resolve_config
+    from densessl.demo import initial_backbone, quick_config_path, synthetic_preset
+    from densessl.eval.supervised import train_supervised
+    from densessl.export import load_backbone
+    from densessl.training.trainer import Trainer, resolve_precision
+
+    device = settings.device or "cpu"
+    result_file = out / f"{name}_seed{seed}" / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    if name == "random_vit":
+        recipe = "mgc"
+    elif name in (FLOOR, CEILING):
+        recipe = _floor_method(settings.methods)
+    else:
+        recipe = name
+    overrides = [*settings.overrides, f"train.seed={seed}"]
+    if name in plan:
+        overrides.append(f"train.epochs={plan[name]['epochs']}")
+    config = load_config(quick_config_path(recipe), overrides)
+    scenes = resolve_config(synthetic_preset(config.data.source))
+    started = time.perf_counter()
+    record: dict[str, Any] = {"method": name, "seed": seed, "recipe": recipe}
+    if name in (FLOOR, "random_vit"):
+        backbone = initial_backbone(config)
+    elif name == CEILING:
+        import torch
+
+        backbone, trained = train_supervised(
+            initial_backbone(config),
+            scenes,
+            images=config.data.synthetic_length,
+            epochs=settings.supervised_epochs,
+            crop_size=config.views[0].crop.size,
+            crop_scale=tuple(config.views[0].crop.scale),
+            batch_size=config.train.batch_size,
+            seed=seed,
+            device=device,
+            autocast_dtype=resolve_precision(config.train.precision, torch.device(device)),
+        )
+        record["supervised"] = {k: v for k, v in trained.items() if k != "losses"}
+        record["supervised"]["final_loss"] = trained["losses"][-1]
+    else:
+        summary = Trainer(config, result_file.parent / "pretrain", resume="auto-or-new").fit()
+        backbone = load_backbone(summary["checkpoint"])
+        record["epochs"] = config.train.epochs
+        record["final_loss"] = summary.get("last_metrics", {}).get("loss")
+    record["train_minutes"] = (time.perf_counter() - started) / 60
+    log.info("compare: probing %s seed %d", name, seed)
+    probe_started = time.perf_counter()
+    record["scores"] = evaluate_backbone(
+        backbone.eval(), scenes, settings.protocols, settings.probe_train, settings.probe_test, device
+    )
+    record["probe_minutes"] = (time.perf_counter() - probe_started) / 60
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(record, indent=2))
+    log.info("compare: %s seed %d: %s", name, seed, json.dumps(record["scores"]))
+    return record
+
+
+def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
+    """Plan, run (resuming), summarise and write the comparison into ``out``."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path
+    from densessl.eval.report import bar_chart
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(settings.protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"unknown protocols {unknown}; choose from {', '.join(PROTOCOLS)}")
+    started = time.perf_counter()
+    plan = plan_epochs(settings, out)
+    names = list(settings.methods) + [FLOOR]
+    if settings.supervised_epochs > 0:
+        names.append(CEILING)
+    if any(load_config(quick_config_path(m)).model.arch.startswith("vit") for m in settings.methods):
+        names.append("random_vit")
+    results = []
+    total = len(names) * len(settings.seeds)
+    for i, (seed, name) in enumerate(itertools.product(settings.seeds, names), start=1):
+        log.info("compare: run %d of %d: %s, seed %d", i, total, name, seed)
+        results.append(_one_run(name, seed, settings, plan, out))
+    summary = {
+        "settings": {k: v for k, v in vars(settings).items()},
+        "plan": plan,
+        "runs": results,
+        **summarise(results, settings.protocols),
+        "wall_minutes_this_call": (time.perf_counter() - started) / 60,
+    }
+    summary["compute_minutes"] = sum(r.get("train_minutes", 0) + r.get("probe_minutes", 0) for r in results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(markdown_tables(summary, settings.protocols))
+    means = {m: {p: c["mean"] for p, c in cells.items()} for m, cells in summary["methods"].items()}
+    errors = {
+        m: {p: c["ci_high"] - c["mean"] for p, c in cells.items()} for m, cells in summary["methods"].items()
+    }
+    bar_chart(_protocol_columns(means), out / "compare.png", errors=_protocol_columns(errors))
+    return summary
+
+
+def _protocol_columns(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {method: {PROTOCOLS[p]: v for p, v in row.items()} for method, row in table.items()}

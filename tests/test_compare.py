@@ -1,0 +1,103 @@
+"""densessl compare: its statistics against scipy on fixed numbers, pairing by seed, the gap a
+method closes, a comparison that resumes without redoing finished runs, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from densessl import compare
+from densessl.cli import main
+from densessl.compare import CompareSettings, describe, markdown_tables, paired_test, run_compare, summarise
+from tests.helpers import TINY
+
+VALUES = [14.2, 16.9, 13.1, 17.5, 15.0]
+
+
+def test_describe_matches_scipy():
+    d = describe(VALUES)
+    low, high = stats.t.interval(0.95, len(VALUES) - 1, loc=stats.tmean(VALUES), scale=stats.sem(VALUES))
+    assert d["n"] == 5 and d["mean"] == pytest.approx(15.34)
+    assert d["std"] == pytest.approx(stats.tstd(VALUES))
+    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert describe([3.0]) == {"n": 1, "mean": 3.0, "std": 0.0, "ci_low": 3.0, "ci_high": 3.0}
+
+
+def test_paired_test_matches_scipy_and_is_paired():
+    other = [v - 0.5 + 0.1 * i for i, v in enumerate(VALUES)]
+    result = paired_test(VALUES, other)
+    expected = stats.ttest_rel(VALUES, other)
+    assert result["t"] == pytest.approx(expected.statistic) and result["p"] == pytest.approx(expected.pvalue)
+    assert result["mean_difference"] == pytest.approx(0.3)
+    # the seeds' spread dwarfs the difference: unpaired, it would not be significant
+    assert result["p"] < 0.05 < stats.ttest_ind(VALUES, other).pvalue
+    assert math.isnan(paired_test([1.0, 2.0], [0.0, 1.0])["p"]), "a constant difference has no t"
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_test([1.0], [1.0, 2.0])
+
+
+def record(method: str, seed: int, **scores: float) -> dict:
+    return {"method": method, "seed": seed, "scores": scores}
+
+
+def test_summary_pairs_common_seeds_and_measures_the_gap_closed():
+    results = [
+        *(record("random", s, linear=10.0 + s) for s in range(3)),
+        *(record("supervised", s, linear=30.0 + s) for s in range(3)),
+        *(record("mocov2", s, linear=15.0 + s, knn=50.0) for s in range(3)),
+        *(record("densecl", s, linear=20.0 + 2 * s) for s in (1, 2)),  # seed 0 missing
+    ]
+    summary = summarise(results, ["linear", "knn"])
+    cells = summary["methods"]
+    assert cells["mocov2"]["linear"]["mean"] == 16.0 and cells["densecl"]["linear"]["n"] == 2
+    assert cells["mocov2"]["linear"]["gap_closed"] == pytest.approx((16 - 11) / (31 - 11))
+    assert "gap_closed" not in cells["mocov2"]["knn"], "no floor or ceiling on that protocol"
+    pair = next(p for p in summary["pairs"] if {p["a"], p["b"]} == {"mocov2", "densecl"})
+    assert pair["n"] == 2 and pair["mean_difference"] == pytest.approx(((16 - 22) + (17 - 24)) / 2)
+    assert not any(p["protocol"] == "knn" for p in summary["pairs"]), "knn has one method only"
+    table = markdown_tables(summary, ["linear", "knn"])
+    assert "| mocov2 | 16.00 ± 1.00 [" in table and "(25%)" in table
+    assert "| mocov2 | densecl | linear | 2 | -6.50 |" in table
+
+
+def test_a_resumed_comparison_reads_finished_runs_back(tmp_path, monkeypatch):
+    settings = CompareSettings(
+        methods=["mocov2"], seeds=[0, 1], protocols=["knn"], supervised_epochs=0, step_ms={"mocov2": 100.0}
+    )
+    for name in ("mocov2", "random"):
+        for seed in (0, 1):
+            path = tmp_path / f"{name}_seed{seed}" / "result.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(record(name, seed, knn=40.0 + seed + (name == "mocov2"))))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr("densessl.training.trainer.Trainer.fit", no_training)
+    monkeypatch.setattr(compare, "evaluate_backbone", no_training)
+    summary = run_compare(settings, tmp_path)
+    assert summary["methods"]["mocov2"]["knn"]["mean"] == 41.5
+    assert (tmp_path / "table.md").is_file() and (tmp_path / "compare.png").stat().st_size > 0
+    assert json.loads((tmp_path / "plan.json").read_text())["mocov2"]["source"] == "given step time"
+
+
+def test_the_command_end_to_end(tmp_path, capsys):
+    overrides = [o for o in TINY if not o.startswith("method.")]
+    code = main(
+        [
+            "compare", "--methods", "mocov2", "--seeds", "0", "--minutes", "0.05",
+            "--step-ms", "mocov2=100", "--protocols", "nn", "svm", "--supervised-epochs", "1",
+            "--probe-train", "16", "--probe-test", "8", "--out", str(tmp_path), *overrides,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["methods"]) == {"mocov2", "random", "supervised"}
+    for cells in summary["methods"].values():
+        assert set(cells) == {"nn", "svm"} and all(0 <= c["mean"] <= 100 for c in cells.values())
+    assert json.loads(out.strip().splitlines()[-1])["means"]["mocov2"].keys() == {"nn", "svm"}
+    assert (tmp_path / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt").is_file()
