@@ -123,7 +123,8 @@ def summarise(results: list[dict[str, Any]], protocols: Sequence[str]) -> dict[s
         for protocol, cell in table[method].items():
             floor = table.get(FLOOR, {}).get(protocol)
             ceiling = table.get(CEILING, {}).get(protocol)
-            if floor and ceiling and ceiling["mean"] != floor["mean"]:
+            # only where the ceiling is above the floor: otherwise there is no gap to close
+            if floor and ceiling and ceiling["mean"] > floor["mean"]:
                 cell["gap_closed"] = (cell["mean"] - floor["mean"]) / (ceiling["mean"] - floor["mean"])
     pairs = []
     for first, second in itertools.combinations(methods, 2):
