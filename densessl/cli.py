@@ -276,12 +276,45 @@ def build_parser() -> argparse.ArgumentParser:
     from densessl.eval.cli_common import add_backbone_arguments
 
     v = viz.add_parser(
-        "features", help="each image beside its dense features' 3 principal components as colours (PNG)"
+        "pca",
+        aliases=["features"],
+        help="each image beside its dense features' 3 principal components as colours (PNG)",
     )
-    # any backbone, as for `eval`: ResNet or ViT, densessl, reference (MGC...) or exported weights
+    # any backbone, as for `eval`: ResNet or ViT, densessl, reference (MGC...) or exported weights;
+    # the weights by position or by --weights, as `viz features` took them
+    v.add_argument("checkpoint", nargs="?", default=None, help="the weights (or --weights)")
     add_backbone_arguments(v)
-    _add_picture_args(v, "features.png", "a ViT's img_size, else 224", 8, "the first N images, one row each")
+    next(a for a in v._actions if a.dest == "weights").required = False
+    _add_picture_args(v, "pca.png", "a ViT's img_size, else 224", 8, "the first N images, one row each")
     v.set_defaults(func=cmd_viz_features)
+
+    v = viz.add_parser(
+        "matches", help="lines between the locations two views' loss pairs, by similarity (PNG)"
+    )
+    v.add_argument("checkpoint", help="training checkpoint of DenseCL, SlotCon or MGC (its heads are used)")
+    v.add_argument("--data", required=True, help="image folder, folder:DIR, coco:ROOT or synthetic[:preset]")
+    v.add_argument("--out", default="matches.png")
+    v.add_argument(
+        "--limit", type=int, default=3, help="the first N images, a row each (MGC: per granularity)"
+    )
+    v.add_argument("--seed", type=int, default=0, help="draws the recipe's two crops of each image")
+    v.add_argument("--tile", type=int, default=192, help="pixels per view")
+    v.add_argument("--max-lines", type=int, default=100, help="lines drawn per row, evenly spread (0: all)")
+    v.add_argument("--device", default=None)
+    v.set_defaults(func=cmd_viz_matches)
+
+    v = viz.add_parser(
+        "curves", help="training curves of runs from their metrics.jsonl, a panel per key (PNG)"
+    )
+    v.add_argument("runs", nargs="+", help="run directories (or their metrics.jsonl)")
+    v.add_argument("--out", default="curves.png")
+    v.add_argument(
+        "--keys", nargs="+", default=None, help="key patterns (default: loss loss_* lr momentum probe_*)"
+    )
+    v.add_argument("--x", choices=["step", "epoch"], default="step")
+    v.add_argument("--labels", nargs="+", default=None, help="one name per run (default: directory names)")
+    v.add_argument("--columns", type=int, default=3, help="panels per row")
+    v.set_defaults(func=cmd_viz_curves)
 
     p = sub.add_parser("data", help="datasets")
     data = p.add_subparsers(dest="action", required=True)
@@ -746,6 +779,12 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
     from densessl.viz.features import visualise_features
     from densessl.viz.prototypes import load_images, prototype_source
 
+    if args.weights is None:
+        if args.checkpoint is None:
+            raise ConfigError(f"viz {args.picture}: give the weights (a checkpoint or export) or --weights")
+        args.weights = args.checkpoint
+    elif args.checkpoint is not None:
+        raise ConfigError(f"viz {args.picture}: give the weights once, by position or by --weights")
     backbone = backbone_from_args(args)
     model = describe_backbone(backbone)
     # a ViT is shown at the size its position table was laid out for, a ResNet at ImageNet's
@@ -759,6 +798,52 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
         backbone, data, args.out, args.tile, args.batch_size, device_from_args(args), about=about
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "names"}))
+    return 0
+
+
+def cmd_viz_matches(args: argparse.Namespace) -> int:
+    import torch
+
+    from densessl.errors import CheckpointError
+    from densessl.export import method_from_checkpoint
+    from densessl.viz.matches import require_correspondences, visualise_matches
+    from densessl.viz.prototypes import prototype_source
+
+    try:
+        method, config = method_from_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        if "not a densessl training checkpoint" not in str(exc):
+            raise
+        # the pairs come from the method's heads, which only a training checkpoint holds
+        raise CheckpointError(
+            f"{exc}: viz matches reads a densessl training checkpoint (its heads); "
+            f"`densessl viz pca {args.checkpoint} --data ...` shows any backbone's features"
+        ) from None
+    require_correspondences(method)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    about = {"checkpoint": str(args.checkpoint)}
+    summary = visualise_matches(
+        method,
+        config,
+        prototype_source(args.data, args.limit),
+        args.out,
+        args.limit,
+        args.seed,
+        args.tile,
+        args.max_lines,
+        device,
+        about,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_viz_curves(args: argparse.Namespace) -> int:
+    from densessl.viz.curves import DEFAULT_KEYS, plot_curves
+
+    keys = args.keys or DEFAULT_KEYS
+    summary = plot_curves(args.runs, args.out, keys, args.x, args.labels, args.columns)
+    print(json.dumps(summary))
     return 0
 
 

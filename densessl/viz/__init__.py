@@ -1,2 +1,3 @@
-"""Pictures of what a pre-trained model learned: prototype neighbours (SlotCon) and the principal
-components of any backbone's dense features (ResNet or ViT)."""
+"""Pictures of what a pre-trained model learned and how it trained: the principal components of
+any backbone's dense features (ResNet or ViT), prototype neighbours (SlotCon), the locations two
+views' loss pairs (DenseCL, SlotCon, MGC), and the training curves of runs."""

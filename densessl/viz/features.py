@@ -38,18 +38,28 @@ from densessl.viz.prototypes import PrototypeImages, render_grid
 CLIP_PERCENT = 1.0
 
 
-def pca_colours(dense: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-    """(N, 3, h, w) colours in [0, 1] from (N, C, h, w) features, and the share of the variance
-    each of the three components explains (fewer than three channels: the missing ones are 0)."""
-    n, c, h, w = dense.shape
+def principal_components(dense: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """The ``k`` leading principal directions (k, C) of the L2-normalised locations of (N, C, h, w)
+    features, fitted on every location of every image together, the locations' coordinates along
+    them (N * h * w, k), and the share of the variance each explains (fewer channels or locations
+    than ``k``: fewer directions)."""
+    c = dense.shape[1]
     points = F.normalize(dense.float().permute(0, 2, 3, 1).reshape(-1, c), dim=1).double()
     points = points - points.mean(dim=0, keepdim=True)
     # the right singular vectors are the principal directions; full_matrices=False keeps it small
     _, singular, vh = torch.linalg.svd(points, full_matrices=False)
-    k = min(3, vh.shape[0])
-    projected = points @ vh[:k].t()
+    k = min(k, vh.shape[0])
     variance = singular**2
     explained = (variance[:k] / variance.sum().clamp_min(1e-12)).tolist()
+    return vh[:k], points @ vh[:k].t(), [float(e) for e in explained]
+
+
+def pca_colours(dense: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """(N, 3, h, w) colours in [0, 1] from (N, C, h, w) features, and the share of the variance
+    each of the three components explains (fewer than three channels: the missing ones are 0)."""
+    n, _, h, w = dense.shape
+    _, projected, explained = principal_components(dense, 3)
+    k = projected.shape[1]
     low = torch.quantile(projected, CLIP_PERCENT / 100, dim=0)
     high = torch.quantile(projected, 1 - CLIP_PERCENT / 100, dim=0)
     scaled = ((projected - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
@@ -57,7 +67,7 @@ def pca_colours(dense: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         scaled = torch.cat([scaled, scaled.new_zeros(scaled.shape[0], 3 - k)], dim=1)
         explained += [0.0] * (3 - k)
     colours = scaled.reshape(n, h, w, 3).permute(0, 3, 1, 2).float()
-    return colours, [float(e) for e in explained]
+    return colours, explained
 
 
 def visualise_features(
