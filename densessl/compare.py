@@ -18,7 +18,9 @@ over their common seeds (the same seed gives both the same initial weights and d
 ``gap_closed`` is ``(method - random) / (supervised - random)``. Results land in ``--out``:
 one ``result.json`` per run (a comparison that stopped resumes where it stopped: finished runs
 are read back, a pre-training that was cut continues from its checkpoint), ``summary.json``,
-``table.md`` and ``compare.png``.
+``table.md`` and ``compare.png``. ``summary.json`` also holds the scene statistics of
+:mod:`densessl.eval.scenes` (objects per image, object size in feature cells, crops cutting
+objects), which say whether the scenes leave dense features anything to win.
 """
 
 from __future__ import annotations
@@ -372,6 +374,7 @@ def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
         "wall_minutes_this_call": (time.perf_counter() - started) / 60,
     }
     summary["compute_minutes"] = sum(r.get("train_minutes", 0) + r.get("probe_minutes", 0) for r in results)
+    summary["scenes"] = _scene_statistics(settings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(markdown_tables(summary, settings.protocols))
     means = {m: {p: c["mean"] for p, c in cells.items()} for m, cells in summary["methods"].items()}
@@ -380,6 +383,17 @@ def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
     }
     bar_chart(_protocol_columns(means), out / "compare.png", errors=_protocol_columns(errors))
     return summary
+
+
+def _scene_statistics(settings: CompareSettings) -> dict[str, Any]:
+    """What the scenes ask of dense features (:mod:`densessl.eval.scenes`), with the first
+    method's views."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path, synthetic_preset
+    from densessl.eval.scenes import scene_statistics
+
+    config = load_config(quick_config_path(settings.methods[0]), settings.overrides)
+    return scene_statistics(synthetic_preset(config.data.source), [v.crop for v in config.views])
 
 
 def _protocol_columns(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

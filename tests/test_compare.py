@@ -101,3 +101,4 @@ def test_the_command_end_to_end(tmp_path, capsys):
         assert set(cells) == {"nn", "svm"} and all(0 <= c["mean"] <= 100 for c in cells.values())
     assert json.loads(out.strip().splitlines()[-1])["means"]["mocov2"].keys() == {"nn", "svm"}
     assert (tmp_path / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt").is_file()
+    assert summary["scenes"]["objects_per_image"]["mean"] >= 2
