@@ -120,6 +120,24 @@ def test_two_view_methods_refuse_a_third_view():
         DenseCL.check_views(SPECS[:3])
 
 
+@pytest.mark.parametrize("method_name", ["slotcon", "mgc"])
+def test_a_constrained_view_under_another_overlap_rule_is_one_line(method_name):
+    from densessl.methods.mgc import MGC
+    from densessl.methods.slotcon import SlotCon
+
+    method, rule, other = {
+        "slotcon": (SlotCon, "intersection", "iou"),
+        "mgc": (MGC, "iou", "intersection"),
+    }[method_name]
+    first = CropSpec(size=16)
+    method.check_views([first, CropSpec(size=16, reference=0, rule=rule)])
+    with pytest.raises(ConfigError) as info:
+        method.check_views([first, CropSpec(size=16, reference=0, rule=other)])
+    message = str(info.value)
+    assert f"views.1.crop.rule must be {rule!r}" in message and f"got {other!r}" in message
+    assert "\n" not in message
+
+
 def test_slotcon_without_its_overlap_constraint_stops_at_start_up(tmp_path):
     recipe = ROOT / "densessl/recipes/quick/slotcon_synthetic.yaml"
     config = load_config(recipe, ["views.1.crop.reference=null", "train.progress=false"])

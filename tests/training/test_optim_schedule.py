@@ -123,3 +123,47 @@ def test_outside_the_trainer_a_method_evaluates_its_own_schedule():
     assert method.momentum_for(step) == pytest.approx(momentum_at("cosine", 0.999, 3, 10))
     step.momentum = 0.5
     assert method.momentum_for(step) == 0.5
+
+
+def test_the_trainer_optimises_the_methods_parameter_groups_with_their_scales(tmp_path, monkeypatch):
+    import json
+
+    import densessl.training.trainer as trainer_module
+    from densessl.config import load_config
+    from densessl.methods.densecl import DenseCL
+    from densessl.training.trainer import Trainer
+    from tests.helpers import QUICK, TINY
+
+    def param_groups(self):
+        backbone = list(self.encoder_q.backbone.parameters())
+        heads = [
+            p
+            for n, p in self.named_parameters()
+            if p.requires_grad and not n.startswith("encoder_q.backbone.")
+        ]
+        return [{"params": backbone, "lr_scale": 0.0, "wd_scale": 0.0}, {"params": heads, "lr_scale": 0.5}]
+
+    built = {}
+
+    def build_model(config):
+        method = built["method"] = real_build_model(config)
+        built["initial"] = {n: p.detach().clone() for n, p in method.named_parameters()}
+        return method
+
+    def build(groups, config):
+        built["optimizer"] = build_optimizer(groups, config)
+        return built["optimizer"]
+
+    real_build_model = trainer_module.build_model
+    monkeypatch.setattr(DenseCL, "param_groups", param_groups)
+    monkeypatch.setattr(trainer_module, "build_model", build_model)
+    monkeypatch.setattr(trainer_module, "build_optimizer", build)
+    Trainer(load_config(QUICK, [*TINY, "train.max_steps=2"]), tmp_path).fit()
+    lr = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]["lr"]
+    assert lr > 0
+    assert [g["lr"] for g in built["optimizer"].param_groups] == pytest.approx([0.0, 0.5 * lr])
+    moved = {n for n, p in built["method"].named_parameters() if not torch.equal(p, built["initial"][n])}
+    # the backbone at lr 0 kept its initial weights while the heads trained (the teacher follows by EMA)
+    assert not any(n.startswith("encoder_q.backbone.") for n in moved)
+    assert any(n.startswith("encoder_q.global_head.") for n in moved)
+    assert any(n.startswith("encoder_q.dense_head.") for n in moved)

@@ -234,3 +234,31 @@ def test_a_jpeg_truncated_after_its_header_is_skipped_or_named(tmp_path):
     assert item["image_size"].tolist() == [30, 50]
     with pytest.raises(DataError, match=r"^cannot read image .*b\.jpg: .*\(set data\.corrupt=skip"):
         MultiViewDataset(source, sampler(), seed=0, corrupt="error")[(0, 1)]
+
+
+def box_areas(records, image_size) -> dict[str, torch.Tensor]:
+    """Per-sample targets: each view's box area and the source size."""
+    return {"areas": torch.tensor([r.box.area for r in records]), "size": torch.tensor(image_size)}
+
+
+def test_the_collated_batch_keeps_every_samples_own_record_fields_and_targets():
+    # a constraint that two tries often miss, so that accepted varies over the batch like flips
+    specs = [
+        CropSpec(size=8, scale=(0.2, 0.5)),
+        CropSpec(size=8, scale=(0.05, 0.1), reference=0, rule="iou", threshold=0.15, tries=2),
+    ]
+    dataset = MultiViewDataset(NoiseImages(16), ViewSampler(specs), seed=2, targets=box_areas)
+    samples = [dataset[(0, i)] for i in range(16)]
+    batch = collate_views(samples)
+    for key in ("boxes", "flips", "accepted"):
+        assert torch.equal(batch[key], torch.stack([s[key] for s in samples])), key
+    assert torch.equal(batch["image_sizes"], torch.stack([s["image_size"] for s in samples]))
+    assert batch["references"] == (None, 0)
+    assert set(batch["targets"]) == {"areas", "size"}
+    assert torch.equal(batch["targets"]["areas"], batch["boxes"][..., 2] * batch["boxes"][..., 3])
+    assert torch.equal(batch["targets"]["size"], batch["image_sizes"])
+    for view in range(2):
+        assert torch.equal(batch["crops"][view], torch.stack([s["crops"][view] for s in samples]))
+    accepted, flips = batch["accepted"][:, 1], batch["flips"][:, 1]
+    assert 0 < int(accepted.sum()) < len(samples), "the constraint should be met by some draws only"
+    assert not torch.equal(accepted, flips)

@@ -111,6 +111,45 @@ def test_the_intersection_rule_compares_with_the_sampled_area_not_the_references
     assert accepted > 20
 
 
+def _reference_constrained_crop(height, width, scale, reference, threshold, generator, sampled_area=True):
+    """The reference loop written out: torchvision's draws (area, log-ratio, top, left) for ten
+    tries, a box accepted when ``|box & reference| >= threshold * area``, where the area is the
+    sampled (float) one, or with ``sampled_area=False`` the rounded box's ``w * h``; None when no
+    try is accepted."""
+    log_ratio = torch.log(torch.tensor(RATIO))
+    for _ in range(10):
+        area = height * width * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(
+            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
+        ).item()
+        w, h = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            box = Box(left, top, w, h)
+            if box.intersection(reference) >= threshold * (area if sampled_area else box.area):
+                return box
+    return None
+
+
+def test_the_intersection_rule_uses_the_sampled_area_before_its_sides_are_rounded() -> None:
+    # small crops of a small image around a reference in its middle: often enough, a crop meets
+    # the rule by less than the rounding of its sides, which tells the two areas apart
+    ref, threshold, scale = Box(16, 16, 32, 32), 0.5, (0.1, 0.4)
+    decided_by_rounding = 0
+    for seed in range(300):
+        want = _reference_constrained_crop(64, 64, scale, ref, threshold, torch.Generator().manual_seed(seed))
+        rounded = _reference_constrained_crop(
+            64, 64, scale, ref, threshold, torch.Generator().manual_seed(seed), sampled_area=False
+        )
+        decided_by_rounding += want != rounded
+        if want is not None:
+            g = torch.Generator().manual_seed(seed)
+            got = sample_constrained_crop(64, 64, scale, RATIO, ref, "intersection", threshold, g)
+            assert got == (want, True), seed
+    assert decided_by_rounding >= 3, "the seeds no longer tell the two areas apart"
+
+
 def test_constrained_impossible_constraint_falls_back() -> None:
     ref = Box(0, 0, 1, 1)
     g = torch.Generator().manual_seed(0)
