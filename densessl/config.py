@@ -118,6 +118,32 @@ class OptimConfig:
     clip_mode: Literal["global", "per_parameter"] = "global"
 
 
+#: the labelled sets ``train.probe.data`` may name (``kind:ROOT``; ``synthetic[:preset]`` needs no root)
+PROBE_DATA_KINDS = ("synthetic", "voc", "leopart-voc", "ade20k", "cityscapes", "cocostuff")
+
+
+@dataclass
+class ProbeConfig:
+    """The online dense probe (:mod:`densessl.training.probe`): the exported encoder, frozen,
+    scored every few epochs by nearest-neighbour retrieval and a linear probe, as ``densessl eval
+    seg-nn`` and ``seg-probe`` score it."""
+
+    #: the labelled set, as ``--data`` of ``densessl eval seg-nn``: ``synthetic[:preset]``, ``voc:ROOT``, ...
+    data: str = "synthetic"
+    #: probe at the end of every N-th epoch (0 = never)
+    every_epochs: int = 0
+    #: labelled images per split: the first N of the training split (the retrieval memory and the
+    #: linear probe's training set) and the first N of the validation split (scored)
+    images: int = 300
+    #: input side (None: the data set's, 448 for photographs, the scenes' own size for synthetic)
+    image_size: int | None = None
+    #: epochs of the linear probe (one seed); 0 = retrieval only
+    linear_epochs: int = 5
+    #: the probes' wall time stays under this share of the training time (0 = no limit): a probe
+    #: that would overrun it runs on fewer images, or is skipped
+    max_time_share: float = 0.05
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 200
@@ -142,6 +168,8 @@ class TrainConfig:
     #: intra-op CPU threads of a single-process run; 0 = chosen from the cores and data.workers
     #: (densessl.runtime.choose_cpu_threads); OMP_NUM_THREADS, when set, wins over both
     cpu_threads: int = 0
+    #: the online dense probe (off unless ``every_epochs`` is set)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass
@@ -440,6 +468,31 @@ def _check(config: ExperimentConfig) -> None:
     _require("train.max_steps", train.max_steps, 0)
     _require("train.cpu_threads", train.cpu_threads, 0)
     _require("train.collective_timeout_s", getattr(train, "collective_timeout_s", None), 0, low_open=True)
+    _check_probe(train.probe)
+
+
+def _check_probe(probe: ProbeConfig) -> None:
+    _require("train.probe.every_epochs", probe.every_epochs, 0)
+    _require("train.probe.images", probe.images, 1)
+    _require("train.probe.image_size", probe.image_size, 1)
+    _require("train.probe.linear_epochs", probe.linear_epochs, 0)
+    _require("train.probe.max_time_share", probe.max_time_share, 0, 1)
+    kind, _, root = probe.data.partition(":")
+    if kind not in PROBE_DATA_KINDS:
+        raise ConfigError(
+            f"train.probe.data: unknown data set {probe.data!r}{did_you_mean(kind, PROBE_DATA_KINDS)}; "
+            f"expected synthetic[:preset] or KIND:ROOT with KIND one of {', '.join(PROBE_DATA_KINDS[1:])}"
+        )
+    if kind == "synthetic" and root:
+        from densessl.data.synthetic import PRESETS
+
+        if root not in PRESETS:
+            raise ConfigError(
+                f"train.probe.data: unknown synthetic preset {root!r}{did_you_mean(root, list(PRESETS))}; "
+                f"valid presets: {', '.join(PRESETS)}"
+            )
+    if kind != "synthetic" and not root.strip():
+        raise ConfigError(f"train.probe.data: {kind} needs the data set's folder ({kind}:ROOT)")
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from densessl.training.checkpoint import (
 from densessl.training.history import MetricsWriter, open_run_log
 from densessl.training.interrupt import StopRequest, quiet_worker
 from densessl.training.optim import Schedule, build_optimizer, clip_gradients
+from densessl.training.probe import OnlineProbe
 from densessl.views.dataset import (
     EpochBatchSampler,
     MultiViewDataset,
@@ -88,6 +89,7 @@ RESUMABLE_CHANGES = (
     "train.precision",
     "train.collective_timeout_s",
     "train.cpu_threads",
+    "train.probe",
     "data.source",
     "data.workers",
     "data.decode",
@@ -221,6 +223,8 @@ class _Run:
     last_record: dict[str, Any] = field(default_factory=dict)
     skipped_total: int = 0
     unreadable: set[str] = field(default_factory=set)
+    #: the online dense probe, on the main process when ``train.probe`` asks for one
+    probe: OnlineProbe | None = None
 
 
 class Trainer:
@@ -576,20 +580,39 @@ class Trainer:
                 if run.last_record.get("step") == run.step:
                     wait = busy = 0.0
                     if progress is not None:
-                        progress.set_postfix(
-                            loss=f"{run.last_record['loss']:.4f}", lr=f"{run.last_record['lr']:.3g}"
-                        )
+                        self._postfix(run, progress)
                 if progress is not None:
                     progress.update(1)
                 name = self._checkpoint_due(run)
                 if name is not None:
                     self._save(run, name)
+                if run.probe is not None and run.probe.due(run.step, run.steps_per_epoch):
+                    # after the save: a resume from this epoch's checkpoint never probes it again;
+                    # the probe's time is neither data wait nor step time
+                    tick += self._probe(run, writer, progress)
         finally:
             # workers of an iterator that an exception keeps alive would outlive the run
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
         return False
+
+    def _postfix(self, run: _Run, progress) -> None:
+        figures = {"loss": f"{run.last_record['loss']:.4f}", "lr": f"{run.last_record['lr']:.3g}"}
+        if run.probe is not None:
+            figures.update(run.probe.postfix())
+        progress.set_postfix(figures)
+
+    def _probe(self, run: _Run, writer, progress) -> float:
+        """Run the online probe on the exported encoder; the seconds it took."""
+        started = time.perf_counter()
+        record = run.probe(run.method.export_encoder(), run.step, round(run.step / run.steps_per_epoch, 4))
+        if record is not None:
+            if writer is not None:
+                writer.write(record)
+            if progress is not None and run.last_record:
+                self._postfix(run, progress)
+        return time.perf_counter() - started
 
     # -- saving ---------------------------------------------------------------------------------
     def _save(self, run: _Run, name: str) -> Path | None:
@@ -641,6 +664,8 @@ class Trainer:
             except OSError as exc:
                 raise self._unwritable(exc) from exc
             self._banner(run)
+            # read once, here, so that its warnings reach run.log; it times the training from now
+            run.probe = OnlineProbe.create(cfg.train.probe, self.device)
             if cfg.train.progress:
                 from tqdm import tqdm
 
