@@ -363,6 +363,8 @@ def measure_loop(config: ExperimentConfig, steps: int, warmup: int) -> dict[str,
             # no epoch checkpoint inside the measured steps
             checkpoint_every=10**6,
             checkpoint_every_steps=0,
+            # the online probe's time is not the loop's
+            probe=dataclasses.replace(config.train.probe, every_epochs=0),
         ),
     )
     with tempfile.TemporaryDirectory(prefix="densessl-bench-") as tmp:

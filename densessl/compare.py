@@ -235,6 +235,7 @@ def _seconds_per_epoch(method: str, out: Path, overrides: list[str], steps: int)
     from densessl.training.trainer import Trainer
 
     extra = [f"train.max_steps={2 * steps}", f"train.log_every={steps}", "train.tensorboard=false"]
+    extra.append("train.probe.every_epochs=0")  # its lines carry no throughput
     config = load_config(quick_config_path(method), [*overrides, *extra, "train.progress=false"])
     Trainer(config, out, resume="auto-or-new").fit()
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

@@ -49,7 +49,8 @@ class CollapseMonitor:
             maps = features if features.ndim == 4 else features.transpose(1, 2).unsqueeze(-1)
             if maps.shape[0] >= 2:
                 out["collapse_channel_std"] = channel_std(maps.float().mean(dim=(2, 3)))
-            rows = dense_rows(maps)
+            # 1024 rows keep the SVD to milliseconds on a GPU and well under a second on a CPU
+            rows = dense_rows(maps, max_rows=1024)
             if rows.shape[0] >= 2:
                 out["collapse_dense_rank"] = effective_rank(rows)
         for name, queue in self.queues.items():

@@ -62,6 +62,8 @@ from densessl.training.checkpoint import (
 )
 from densessl.training.history import MetricsWriter, open_run_log
 from densessl.training.interrupt import StopRequest, quiet_worker
+from densessl.training.ledger import build_ledger
+from densessl.training.monitor import CollapseMonitor
 from densessl.training.optim import Schedule, build_optimizer, clip_gradients
 from densessl.training.probe import OnlineProbe
 from densessl.views.dataset import (
@@ -225,6 +227,9 @@ class _Run:
     unreadable: set[str] = field(default_factory=set)
     #: the online dense probe, on the main process when ``train.probe`` asks for one
     probe: OnlineProbe | None = None
+    #: the run's environment, data and config, stored in every checkpoint
+    ledger: dict[str, Any] = field(default_factory=dict)
+    monitor: CollapseMonitor | None = None
 
 
 class Trainer:
@@ -337,7 +342,10 @@ class Trainer:
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
                     broadcast_buffers=False,
                 )
-        return _Run(method, model, optimizer, scaler, dataset, autocast_dtype, cfg.train.batch_size // world)
+        run = _Run(method, model, optimizer, scaler, dataset, autocast_dtype, cfg.train.batch_size // world)
+        run.ledger = build_ledger(cfg, source, self.device, world)
+        run.monitor = CollapseMonitor(method)
+        return run
 
     # -- resume ---------------------------------------------------------------------------------
     def _load_resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
@@ -448,6 +456,8 @@ class Trainer:
         shared = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step))
         local = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, dist.rank(), 1))
         views = prepare_views(batch, cfg.views, local, self.device, cfg.train.channels_last)
+        if run.monitor is not None:
+            run.monitor.start_step()
         context = Step(
             step=step,
             total_steps=run.total_steps,
@@ -505,6 +515,9 @@ class Trainer:
             "skipped_images": run.skipped_total,
             "unreadable_images": len(run.unreadable),
         }
+        if self.is_main and run.monitor is not None:
+            # this process's last step alone: the indicators need no exchange between processes
+            run.last_record.update(run.monitor.indicators())
         run.window.clear()
         if writer is not None:
             writer.write(run.last_record)
@@ -642,42 +655,60 @@ class Trainer:
             "epoch": run.step / run.steps_per_epoch,
             "dataset_size": len(run.dataset),
             "rng": rng_state(),
+            "ledger": run.ledger,
         }
         state["checksum"] = state_digest(state)
         return state
 
     # -- the whole job --------------------------------------------------------------------------
+    def _open_history(self, run: _Run) -> tuple[logging.Handler | None, MetricsWriter | None, Any]:
+        """On the main process: ``run.log``, ``config.yaml``, the metrics writer (cut back to the
+        resumed step), the banner, the online probe and the progress bar."""
+        cfg = self.config
+        if not self.is_main:
+            return None, None, None
+        try:
+            handler = open_run_log(self.run_dir)
+            save_config(cfg, self.run_dir / "config.yaml")
+            writer = MetricsWriter(
+                self.run_dir, cfg.train.tensorboard, run.step if run.resumed_from else None
+            )
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        self._banner(run)
+        # read once, here, so that its warnings reach run.log; it times the training from now
+        run.probe = OnlineProbe.create(cfg.train.probe, self.device)
+        progress = None
+        if cfg.train.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(
+                total=run.end_step,
+                initial=run.step,
+                desc=f"{cfg.method.name} pretrain",
+                unit="step",
+                dynamic_ncols=True,
+                # a log file (CI, a batch job) gets a line every 30 s instead of every 0.1 s
+                mininterval=0.1 if sys.stderr.isatty() else 30.0,
+            )
+        return handler, writer, progress
+
+    @staticmethod
+    def _close_history(handler: logging.Handler | None, writer: MetricsWriter | None, progress: Any) -> None:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+        if handler is not None:
+            logging.getLogger("densessl").removeHandler(handler)
+            handler.close()
+
     def fit(self) -> dict[str, Any]:
         """Train to the end (or to ``train.max_steps``, or to a stop request); returns a summary."""
-        cfg = self.config
         run = self._set_up()
         self._resume(run)
         loader = self._loader(run)
-        handler = writer = progress = None
-        if self.is_main:
-            try:
-                handler = open_run_log(self.run_dir)
-                save_config(cfg, self.run_dir / "config.yaml")
-                writer = MetricsWriter(
-                    self.run_dir, cfg.train.tensorboard, run.step if run.resumed_from else None
-                )
-            except OSError as exc:
-                raise self._unwritable(exc) from exc
-            self._banner(run)
-            # read once, here, so that its warnings reach run.log; it times the training from now
-            run.probe = OnlineProbe.create(cfg.train.probe, self.device)
-            if cfg.train.progress:
-                from tqdm import tqdm
-
-                progress = tqdm(
-                    total=run.end_step,
-                    initial=run.step,
-                    desc=f"{cfg.method.name} pretrain",
-                    unit="step",
-                    dynamic_ncols=True,
-                    # a log file (CI, a batch job) gets a line every 30 s instead of every 0.1 s
-                    mininterval=0.1 if sys.stderr.isatty() else 30.0,
-                )
+        handler, writer, progress = self._open_history(run)
         started = time.perf_counter()
         run.method.train()
         try:
@@ -704,13 +735,9 @@ class Trainer:
             log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
         finally:
-            if progress is not None:
-                progress.close()
-            if writer is not None:
-                writer.close()
-            if handler is not None:
-                logging.getLogger("densessl").removeHandler(handler)
-                handler.close()
+            self._close_history(handler, writer, progress)
+            if run.monitor is not None:
+                run.monitor.close()
         summary = {
             "step": run.step,
             "total_steps": run.total_steps,
