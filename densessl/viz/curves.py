@@ -1,8 +1,8 @@
 """Training curves of several runs in one picture, from each run directory's ``metrics.jsonl``.
 
 Every key that matches one of the patterns (by default the losses, the learning rate, the
-teacher momentum and the online probe's figures: ``loss``, ``loss_*``, ``lr``, ``momentum``,
-``probe_*``) gets its own panel, with one line per run against the step (or the epoch). A run
+teacher momentum, the online probe's figures and the collapse indicators: ``loss``, ``loss_*``,
+``lr``, ``momentum``, ``probe_*``, ``collapse_*``) gets its own panel, with one line per run against the step (or the epoch). A run
 that never logged a key is absent from its panel; lines that do not parse (a write cut short
 by a kill) and values that are not finite are left out and counted. The plotted numbers go to
 the picture's name + ``.json``, so the figures can be read without the picture.
@@ -23,7 +23,7 @@ from densessl.data.base import DataError
 from densessl.errors import ConfigError
 from densessl.eval.report import PALETTE
 
-DEFAULT_KEYS = ("loss", "loss_*", "lr", "momentum", "probe_*")
+DEFAULT_KEYS = ("loss", "loss_*", "lr", "momentum", "probe_*", "collapse_*")
 #: the axis columns every line carries, never plotted as a curve
 AXES = ("step", "epoch")
 
