@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("runs", nargs="+", help="run directories (or their metrics.jsonl)")
     v.add_argument("--out", default="curves.png")
     v.add_argument(
-        "--keys", nargs="+", default=None, help="key patterns (default: loss loss_* lr momentum probe_* collapse_*)"
+        "--keys",
+        nargs="+",
+        default=None,
+        help="key patterns (default: loss loss_* lr momentum probe_* collapse_*)",
     )
     v.add_argument("--x", choices=["step", "epoch"], default="step")
     v.add_argument("--labels", nargs="+", default=None, help="one name per run (default: directory names)")

@@ -153,6 +153,11 @@ class TrainConfig:
     #: ``auto`` = bf16 autocast on GPUs that support it, fp32 elsewhere
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    #: compile every backbone of the method with torch.compile (student, teacher, ...) in place:
+    #: state-dict names, checkpoints and exports are unchanged. ``compile_backend``: torch.compile's
+    #: backend (``inductor``; ``eager`` only traces, for checking a model compiles)
+    compile: bool = False
+    compile_backend: str = "inductor"
     sync_bn: bool = False
     checkpoint_every: int = 10
     #: also checkpoint every N steps (0 = only at epoch ends)

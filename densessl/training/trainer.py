@@ -43,7 +43,7 @@ from densessl.config import ExperimentConfig, ViewConfig, save_config, to_dict
 from densessl.data.sources import parse_source
 from densessl.errors import DataError, TrainingError
 from densessl.methods import Method, Step, Views, build_method
-from densessl.models.backbones import build_backbone
+from densessl.models.backbones import ResNetBackbone, build_backbone
 from densessl.runtime import configure_cpu_threads
 from densessl.training.checkpoint import (
     FORMAT,
@@ -91,6 +91,8 @@ RESUMABLE_CHANGES = (
     "train.precision",
     "train.collective_timeout_s",
     "train.cpu_threads",
+    "train.compile",
+    "train.compile_backend",
     "train.probe",
     "data.source",
     "data.workers",
@@ -142,6 +144,18 @@ def prepare_views(
         references=tuple(batch["references"]),
         targets={k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()},
     )
+
+
+def compile_backbones(method: nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` every backbone of ``method`` in place (``nn.Module.compile``): the heads,
+    queues and teacher updates stay eager, where Python control flow would break the graph, and
+    parameter names do not change. Returns the number of backbones compiled."""
+    from densessl.models.vit import ViTBackbone  # timm: loaded only when asked for
+
+    backbones = [m for m in method.modules() if isinstance(m, ResNetBackbone | ViTBackbone)]
+    for backbone in backbones:
+        backbone.compile(backend=backend)
+    return len(backbones)
 
 
 def decodes_on_device(decode: str, device: torch.device) -> bool:
@@ -328,6 +342,8 @@ class Trainer:
         method.to(self.device)
         if cfg.train.channels_last:
             method.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            compile_backbones(method, cfg.train.compile_backend)
         optimizer = build_optimizer(method.param_groups() or method, cfg.optim)
         autocast_dtype = resolve_precision(cfg.train.precision, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None

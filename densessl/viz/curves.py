@@ -2,9 +2,10 @@
 
 Every key that matches one of the patterns (by default the losses, the learning rate, the
 teacher momentum, the online probe's figures and the collapse indicators: ``loss``, ``loss_*``,
-``lr``, ``momentum``, ``probe_*``, ``collapse_*``) gets its own panel, with one line per run against the step (or the epoch). A run
-that never logged a key is absent from its panel; lines that do not parse (a write cut short
-by a kill) and values that are not finite are left out and counted. The plotted numbers go to
+``lr``, ``momentum``, ``probe_*``, ``collapse_*``) gets its own panel, with one line per run
+against the step (or the epoch). A run that never logged a key is absent from its panel; lines
+that do not parse (a write cut short by a kill) and values that are not finite are left out and
+counted. The plotted numbers go to
 the picture's name + ``.json``, so the figures can be read without the picture.
 """
 

@@ -202,3 +202,22 @@ def test_slotcon_resume_restores_momentum_counter_and_losses(tmp_path):
         assert cut[step]["momentum"] == pytest.approx(full[step]["momentum"], abs=1e-9)
         assert cut[step]["loss"] == pytest.approx(full[step]["loss"], abs=1e-5)
     assert full[6]["momentum"] > full[1]["momentum"]  # cosine schedule by iteration
+
+
+def test_compiled_backbones_keep_their_names_and_numbers(tmp_path):
+    from densessl.training.trainer import build_model, compile_backbones
+
+    method = build_model(load_config(QUICK, TINY))
+    names = list(method.state_dict())
+    assert compile_backbones(method, backend="eager") == 2  # DenseCL's query and key backbones
+    assert list(method.state_dict()) == names
+    plain = Trainer(load_config(QUICK, [*TINY, "train.max_steps=3"]), tmp_path / "plain").fit()
+    compiled = Trainer(
+        load_config(QUICK, [*TINY, "train.max_steps=3", "train.compile=true", "train.compile_backend=eager"]),
+        tmp_path / "compiled",
+    ).fit()
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6)
+    state = torch.load(compiled["checkpoint"], map_location="cpu", weights_only=False)["model"]
+    assert list(state) == list(
+        torch.load(plain["checkpoint"], map_location="cpu", weights_only=False)["model"]
+    )
