@@ -5,8 +5,8 @@ teacher momentum, the online probe's figures and the collapse indicators: ``loss
 ``lr``, ``momentum``, ``probe_*``, ``collapse_*``) gets its own panel, with one line per run
 against the step (or the epoch). A run that never logged a key is absent from its panel; lines
 that do not parse (a write cut short by a kill) and values that are not finite are left out and
-counted. The plotted numbers go to
-the picture's name + ``.json``, so the figures can be read without the picture.
+counted. The plotted numbers go to the picture's name + ``.json``, so the figures can be read
+without the picture.
 """
 
 from __future__ import annotations
