@@ -18,6 +18,7 @@ MoCo-v2 on a ResNet-50, the unit of the methods spec's cost estimates (spec 6.1)
     python benchmarks/step_time.py                      # every setting
     python benchmarks/step_time.py --setting quick --iters 20
     python benchmarks/step_time.py --setting vits16-224 --batch-224 8
+    python benchmarks/step_time.py --setting quick --methods densecl --flops  # and FLOPs per step
     python benchmarks/step_time.py --device cuda --precision bf16 --batch-r50 64   # on a GPU
     DENSESSL_PLAIN_INFONCE=1 python benchmarks/step_time.py --setting quick   # the loss before fusion
 
@@ -37,11 +38,14 @@ import time
 
 import torch
 
-from densessl.bench import add_view_targets, build_train_step, fixed_batch, timed
+from densessl.bench import add_view_targets, build_train_step, count_flops, fixed_batch, timed
 from densessl.config import load_config
 from densessl.methods import METHODS
 from densessl.training.trainer import build_model, resolve_precision
 from densessl.views.sampler import ViewSampler
+
+#: ``--flops``: also count each step's floating-point operations (torch.utils.flop_counter)
+COUNT_FLOPS = False
 
 #: MoCo-v2's recipe on MGC's backbone, so that the two differ in the method only
 VITS16 = ["model.arch=vit_small", "model.patch_size=16", "model.num_heads=8", "model.img_size=224"]
@@ -129,7 +133,12 @@ def build_steps(
         with torch.no_grad(), autocast():
             teacher(xk)
 
-    return {"step": train_step, "bare": bare_step, "targets_ms": view_targets_ms(config, method_class)}
+    return {
+        "step": train_step,
+        "bare": bare_step,
+        "targets_ms": view_targets_ms(config, method_class),
+        "flops": count_flops(train_step) if COUNT_FLOPS else None,
+    }
 
 
 def measure(
@@ -169,6 +178,8 @@ def measure(
             "overhead": step_ms / bare_ms,
             "images_per_s": batch / step_ms * 1000,
         }
+        if fns["flops"] is not None:
+            results[name]["gflop_per_step"] = fns["flops"] / 1e9
         if fns["targets_ms"] is not None:
             results[name]["view_targets_ms_per_image"] = fns["targets_ms"]
             # loader-worker CPU for the targets, as a share of the step's time per image
@@ -176,6 +187,9 @@ def measure(
     for name in steps:
         if name != "mocov2":
             results[f"{name}_over_mocov2"] = results[name]["step_ms"] / results["mocov2"]["step_ms"]
+            if "gflop_per_step" in results[name]:
+                flops = results[name]["gflop_per_step"] / results["mocov2"]["gflop_per_step"]
+                results[f"{name}_over_mocov2_flops"] = flops
     return results
 
 
@@ -190,11 +204,14 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of each setting's methods")
+    parser.add_argument("--flops", action="store_true", help="also count each step's FLOPs and their ratio")
     args = parser.parse_args()
     if os.environ.get("DENSESSL_PLAIN_INFONCE") == "1":
         from infonce import install_plain  # benchmarks/infonce.py, beside this script
 
         install_plain()
+    global COUNT_FLOPS
+    COUNT_FLOPS = args.flops
     if os.environ.get("DENSESSL_FLOAT32_PRODUCTS") == "1":
         from densessl.models import infonce
 
@@ -229,7 +246,10 @@ def main() -> None:
                 )
         for name in (n for n in SETTINGS[setting] if n in r):
             if name != "mocov2":
-                print(f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}")
+                line = f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}"
+                if f"{name}_over_mocov2_flops" in r:
+                    line += f", FLOPs: {r[f'{name}_over_mocov2_flops']:.3f} (the arithmetic's floor)"
+                print(line)
     print(json.dumps(report))
 
 
