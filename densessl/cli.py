@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -514,6 +516,7 @@ def pretrain_summary_lines(summary: dict[str, Any], resume_command: str) -> list
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from densessl.training.interrupt import ignore_stop_signals
     from densessl.training.trainer import Trainer
 
     if args.resume and args.overwrite:
@@ -553,6 +556,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
+        # stopped cleanly and saved: what is left is printing and exiting with 130
+        ignore_stop_signals()
         if _is_main_process():
             print(f"densessl: continue with: {resume_command}", file=sys.stderr)
         raise
@@ -922,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
         return exc.code if isinstance(exc.code, int) else 2
     configure_logging(-args.quiet_level)
+    # a command may ignore stop signals once it has stopped cleanly (the process is on its way
+    # out); a caller that passed its own arguments (a script, a test) gets its handlers back
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
@@ -930,6 +938,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("densessl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if argv is not None and threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,12 @@ class StopRequest:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+
+
+def ignore_stop_signals() -> dict[int, Any]:
+    """Ignore SIGTERM and SIGINT from now on (a process on its way out after a clean stop: one more
+    signal would only turn its exit status into a kill); returns the handlers it replaced, for
+    putting back. Does nothing off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in StopRequest.SIGNALS}

@@ -727,8 +727,10 @@ class Trainer:
         handler, writer, progress = self._open_history(run)
         started = time.perf_counter()
         run.method.train()
-        try:
-            with StopRequest() as stop:
+        # the history is closed with the stop handler still in place: a signal arriving while the
+        # run winds down is a repeat of the stop, not a kill that loses the exit status
+        with StopRequest() as stop:
+            try:
                 try:
                     interrupted = self._loop(run, loader, writer, progress, stop)
                 except RuntimeError as exc:
@@ -745,23 +747,23 @@ class Trainer:
                     if self._saved_step != run.step:
                         self._save(run, LAST)
                 dist.barrier()
-            if interrupted:
-                log.warning("stopped at step %d; saved %s (continue with --resume auto)", run.step, final)
-        except Exception as exc:
-            log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
-        finally:
-            self._close_history(handler, writer, progress)
-            if run.monitor is not None:
-                run.monitor.close()
-        summary = {
-            "step": run.step,
-            "total_steps": run.total_steps,
-            "interrupted": interrupted,
-            "seconds": time.perf_counter() - started,
-            "checkpoint": str(final) if final else None,
-            "last_metrics": run.last_record,
-        }
+                if interrupted:
+                    log.warning("stopped at step %d; saved %s (continue with --resume auto)", run.step, final)
+            except Exception as exc:
+                log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise
+            finally:
+                self._close_history(handler, writer, progress)
+                if run.monitor is not None:
+                    run.monitor.close()
+            summary = {
+                "step": run.step,
+                "total_steps": run.total_steps,
+                "interrupted": interrupted,
+                "seconds": time.perf_counter() - started,
+                "checkpoint": str(final) if final else None,
+                "last_metrics": run.last_record,
+            }
         if interrupted:
             raise KeyboardInterrupt
         return summary

@@ -333,3 +333,36 @@ def test_epoch_copies_leave_out_the_buffers_the_method_names_and_last_keeps_them
         ).fit()
     assert result["step"] == 8
     assert any("dense_queue.keys" in r.getMessage() and "not" in r.getMessage() for r in caplog.records)
+
+
+def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
+    # SIGTERM every 20 ms: the first stops the run, the others arrive while it saves, winds down
+    # and exits; none may turn the exit status into a kill
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "densessl", "pretrain", str(QUICK), *TINY, "train.epochs=200"]
+    process = subprocess.Popen(
+        [*command, "--out", str(run)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "already stopping" in err and "continue with" in err
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
