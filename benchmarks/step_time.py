@@ -141,6 +141,21 @@ def build_steps(
     }
 
 
+def float32_products(step):
+    """``step`` run with the fused InfoNCE's matrix products in float32 under autocast."""
+    from densessl.models import infonce
+
+    def run() -> None:
+        original = infonce._product_dtype
+        infonce._product_dtype = lambda device_type: None
+        try:
+            step()
+        finally:
+            infonce._product_dtype = original
+
+    return run
+
+
 def measure(
     setting: str,
     batch: int,
@@ -150,10 +165,13 @@ def measure(
     precision: str,
     channels_last: bool,
     methods: list[str] | None = None,
+    product_variants: bool = False,
 ) -> dict:
     """Medians over ``iters`` rounds; each round times every method's step and bare passes in
     turn, so that a load that comes and goes on a shared machine weighs on all of them alike.
-    ``methods``: a subset of the setting's (MoCo-v2, the reference, is always timed)."""
+    ``methods``: a subset of the setting's (MoCo-v2, the reference, is always timed).
+    ``product_variants``: each round also times every step with the fused loss's products kept in
+    float32 under autocast (``step_ms_float32_products``), the loss before it followed autocast."""
     chosen = {*methods, "mocov2"} if methods else set(SETTINGS[setting])
     steps = {
         name: build_steps(recipe, batch, device, precision, channels_last)
@@ -164,10 +182,13 @@ def measure(
         for _ in range(warmup):
             fns["step"]()
             fns["bare"]()
-    times: dict[str, dict[str, list[float]]] = {name: {"step": [], "bare": []} for name in steps}
+    kinds = ("step", "bare", "step_f32") if product_variants else ("step", "bare")
+    for fns in steps.values():
+        fns["step_f32"] = float32_products(fns["step"])
+    times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name in steps}
     for _ in range(iters):
         for name, fns in steps.items():
-            for kind in ("step", "bare"):
+            for kind in kinds:
                 times[name][kind].append(timed(fns[kind], 1, 0, device))
     results: dict = {"setting": setting, "batch": batch}
     for name, fns in steps.items():
@@ -178,6 +199,8 @@ def measure(
             "overhead": step_ms / bare_ms,
             "images_per_s": batch / step_ms * 1000,
         }
+        if product_variants:
+            results[name]["step_ms_float32_products"] = statistics.median(times[name]["step_f32"])
         if fns["flops"] is not None:
             results[name]["gflop_per_step"] = fns["flops"] / 1e9
         if fns["targets_ms"] is not None:
@@ -187,6 +210,10 @@ def measure(
     for name in steps:
         if name != "mocov2":
             results[f"{name}_over_mocov2"] = results[name]["step_ms"] / results["mocov2"]["step_ms"]
+            if product_variants:
+                results[f"{name}_over_mocov2_float32_products"] = (
+                    results[name]["step_ms_float32_products"] / results["mocov2"]["step_ms_float32_products"]
+                )
             if "gflop_per_step" in results[name]:
                 flops = results[name]["gflop_per_step"] / results["mocov2"]["gflop_per_step"]
                 results[f"{name}_over_mocov2_flops"] = flops
@@ -205,6 +232,11 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of each setting's methods")
     parser.add_argument("--flops", action="store_true", help="also count each step's FLOPs and their ratio")
+    parser.add_argument(
+        "--product-variants",
+        action="store_true",
+        help="also time each step with the fused loss's products in float32 under autocast",
+    )
     args = parser.parse_args()
     if os.environ.get("DENSESSL_PLAIN_INFONCE") == "1":
         from infonce import install_plain  # benchmarks/infonce.py, beside this script
@@ -229,7 +261,15 @@ def main() -> None:
     for setting in settings:
         batch = args.batch_quick if setting == "quick" else args.batch_224
         r = measure(
-            setting, batch, args.iters, args.warmup, device, args.precision, args.channels_last, args.methods
+            setting,
+            batch,
+            args.iters,
+            args.warmup,
+            device,
+            args.precision,
+            args.channels_last,
+            args.methods,
+            args.product_variants,
         )
         report["runs"].append(r)
         print(f"[{setting}, batch {batch}, {device}]")
@@ -247,6 +287,8 @@ def main() -> None:
         for name in (n for n in SETTINGS[setting] if n in r):
             if name != "mocov2":
                 line = f"  {name} / mocov2 step time: {r[f'{name}_over_mocov2']:.3f}"
+                if f"{name}_over_mocov2_float32_products" in r:
+                    line += f" ({r[f'{name}_over_mocov2_float32_products']:.3f} with float32 products)"
                 if f"{name}_over_mocov2_flops" in r:
                     line += f", FLOPs: {r[f'{name}_over_mocov2_flops']:.3f} (the arithmetic's floor)"
                 print(line)
