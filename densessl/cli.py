@@ -516,6 +516,7 @@ def pretrain_summary_lines(summary: dict[str, Any], resume_command: str) -> list
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from densessl.distributed import shutdown
     from densessl.training.interrupt import ignore_stop_signals
     from densessl.training.trainer import Trainer
 
@@ -560,12 +561,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ignore_stop_signals()
         if _is_main_process():
             print(f"densessl: continue with: {resume_command}", file=sys.stderr)
+        # no barrier: a Ctrl-C during set-up may have reached one process only
+        shutdown(agreed=False)
+        raise
+    except BaseException:
+        shutdown(agreed=False)
         raise
     if _is_main_process():
         if args.quiet_level <= 0:
             for line in pretrain_summary_lines(summary, resume_command):
                 print(f"densessl: {line}", file=sys.stderr)
         print(json.dumps({"run_dir": str(out), **summary}))
+    shutdown(agreed=True)
     return 0
 
 

@@ -51,6 +51,17 @@ def init_from_environment(timeout_s: float | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def shutdown(agreed: bool) -> None:
+    """Leave the process group, if any. ``agreed``: every process reached the same end (a finished
+    or a cleanly stopped run), so they wait for each other first; a process leaving alone would
+    close connections its peers still read, and gloo aborts the peer on exit."""
+    if not is_distributed():
+        return
+    if agreed:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
