@@ -754,23 +754,32 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return args.func(args)
 
 
-def cmd_viz_prototypes(args: argparse.Namespace) -> int:
-    import torch
-
+def _training_method(checkpoint: str, needs: str):
+    """The method and config of a densessl training checkpoint; any other file is one line saying
+    what the picture ``needs`` and which picture any backbone has."""
     from densessl.errors import CheckpointError
     from densessl.export import method_from_checkpoint
-    from densessl.viz.prototypes import default_sizes, load_images, prototype_source, visualise_prototypes
 
     try:
-        method, config = method_from_checkpoint(args.checkpoint)
+        return method_from_checkpoint(checkpoint)
     except CheckpointError as exc:
         if "not a densessl training checkpoint" not in str(exc):
             raise
-        # a reference or exported file holds a backbone, never the prototypes themselves
         raise CheckpointError(
-            f"{exc}: viz prototypes reads the prototypes of a densessl checkpoint (SlotCon); "
-            f"`densessl viz features --weights {args.checkpoint} --data ...` shows any backbone's features"
+            f"{exc}: {needs}; `densessl viz features --weights {checkpoint} --data ...` shows any "
+            "backbone's features"
         ) from None
+
+
+def cmd_viz_prototypes(args: argparse.Namespace) -> int:
+    import torch
+
+    from densessl.viz.prototypes import default_sizes, load_images, prototype_source, visualise_prototypes
+
+    # a reference or exported file holds a backbone, never the prototypes themselves
+    method, config = _training_method(
+        args.checkpoint, "viz prototypes reads the prototypes of a densessl checkpoint (SlotCon)"
+    )
     if not method.has_prototypes:
         raise ConfigError(
             f"{args.checkpoint}: method '{method.name}' has no prototypes to visualise "
@@ -819,21 +828,13 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
 def cmd_viz_matches(args: argparse.Namespace) -> int:
     import torch
 
-    from densessl.errors import CheckpointError
-    from densessl.export import method_from_checkpoint
     from densessl.viz.matches import require_correspondences, visualise_matches
     from densessl.viz.prototypes import prototype_source
 
-    try:
-        method, config = method_from_checkpoint(args.checkpoint)
-    except CheckpointError as exc:
-        if "not a densessl training checkpoint" not in str(exc):
-            raise
-        # the pairs come from the method's heads, which only a training checkpoint holds
-        raise CheckpointError(
-            f"{exc}: viz matches reads a densessl training checkpoint (its heads); "
-            f"`densessl viz pca {args.checkpoint} --data ...` shows any backbone's features"
-        ) from None
+    # the pairs come from the method's heads, which only a training checkpoint holds
+    method, config = _training_method(
+        args.checkpoint, "viz matches reads a densessl training checkpoint (its heads)"
+    )
     require_correspondences(method)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     about = {"checkpoint": str(args.checkpoint)}
