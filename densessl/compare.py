@@ -157,7 +157,7 @@ def markdown_tables(summary: dict[str, Any], protocols: Sequence[str]) -> str:
                 continue
             text = f"{c['mean']:.2f} ± {c['std']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
             if "gap_closed" in c and method not in (FLOOR, CEILING):
-                text += f" ({round(100 * c['gap_closed']) + 0:d}%)"  # + 0: no "-0%"
+                text += f" ({round(100 * c['gap_closed'])}%)"  # an int: never "-0%"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "| a | b | protocol | seeds | mean a - b | t | p |", "|---|---|---|---|---|---|---|"]
