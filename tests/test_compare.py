@@ -55,6 +55,10 @@ def test_summary_pairs_common_seeds_and_measures_the_gap_closed():
     assert cells["mocov2"]["linear"]["mean"] == 16.0 and cells["densecl"]["linear"]["n"] == 2
     assert cells["mocov2"]["linear"]["gap_closed"] == pytest.approx((16 - 11) / (31 - 11))
     assert "gap_closed" not in cells["mocov2"]["knn"], "no floor or ceiling on that protocol"
+    vit = summarise(
+        [*results, *(dict(record("mgc", s, linear=14.0), arch="vit_tiny") for s in range(3))], ["linear"]
+    )
+    assert "gap_closed" not in vit["methods"]["mgc"]["linear"], "a ViT is not measured against ResNet bounds"
     pair = next(p for p in summary["pairs"] if {p["a"], p["b"]} == {"mocov2", "densecl"})
     assert pair["n"] == 2 and pair["mean_difference"] == pytest.approx(((16 - 22) + (17 - 24)) / 2)
     assert not any(p["protocol"] == "knn" for p in summary["pairs"]), "knn has one method only"
