@@ -363,6 +363,7 @@ def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
         time.sleep(0.02)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
-    assert "already stopping" in err and "continue with" in err
+    # the repeats may all land after the save, where they are ignored without a word
+    assert "finishing the current step" in err and "continue with" in err
     last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
