@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
     p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with an equal share of the cores (steps are "
+        "timed alone first, so the epochs do not depend on it)",
+    )
+    p.add_argument(
         "--out", default="runs/compare", help="where runs, summary.json, table.md and compare.png go"
     )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of every quick recipe")
@@ -638,6 +645,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             step_ms[method] = float(value)
         except ValueError:
             raise ConfigError(f"--step-ms takes METHOD=MS, got {item!r}") from None
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs takes a positive number of runs at a time, got {args.jobs}")
     settings = CompareSettings(
         methods=args.methods,
         seeds=args.seeds,
@@ -648,6 +657,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         probe_train=args.probe_train,
         probe_test=args.probe_test,
         overrides=[*args.overrides, "train.progress=false"] if args.quiet_level > 0 else list(args.overrides),
+        jobs=args.jobs,
     )
     summary = run_compare(settings, args.out)
     print((Path(args.out) / "table.md").read_text(), end="")

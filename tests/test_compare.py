@@ -106,3 +106,34 @@ def test_the_command_end_to_end(tmp_path, capsys):
     assert json.loads(out.strip().splitlines()[-1])["means"]["mocov2"].keys() == {"nn", "svm"}
     assert (tmp_path / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt").is_file()
     assert summary["scenes"]["objects_per_image"]["mean"] >= 2
+
+
+def test_runs_side_by_side_give_the_runs_one_after_the_other_give(tmp_path, caplog):
+    overrides = [o for o in TINY if not o.startswith("method.")]
+    args = [
+        "compare", "--methods", "mocov2", "--seeds", "0", "1", "--minutes", "0.05",
+        "--step-ms", "mocov2=100", "--protocols", "nn", "--supervised-epochs", "0",
+        "--probe-train", "16", "--probe-test", "8",
+    ]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "serial"), *overrides]) == 0
+    with caplog.at_level("INFO", logger="densessl.compare"):
+        assert main([*args, "--jobs", "2", "--out", str(tmp_path / "pool"), *overrides]) == 0
+    assert "2 runs at a time" in caplog.text
+    serial, pool = (
+        json.loads((tmp_path / d / "summary.json").read_text())["runs"] for d in ("serial", "pool")
+    )
+    assert [(r["method"], r["seed"]) for r in pool] == [(r["method"], r["seed"]) for r in serial]
+    for a, b in zip(serial, pool, strict=True):
+        if a["method"] == "mocov2":
+            assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-4)
+        assert b["scores"]["nn"] == pytest.approx(a["scores"]["nn"], abs=0.5)
+    assert (tmp_path / "pool" / "mocov2_seed1" / "pretrain" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_failed_run_of_a_pool_stops_the_comparison_with_its_error(tmp_path):
+    settings = CompareSettings(
+        methods=["mocov2"], seeds=[0], protocols=["knn"], supervised_epochs=0, step_ms={"mocov2": 100.0},
+        overrides=["data.source=folder:/no/such/folder"], jobs=2,
+    )  # fmt: skip
+    with pytest.raises(Exception, match="no/such/folder"):
+        run_compare(settings, tmp_path)
