@@ -194,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods x pre-training seeds at equal compute on the synthetic scenes, probed, with "
         "mean, std, 95%% intervals and paired tests (Markdown table and PNG)",
     )
-    p.add_argument("--methods", nargs="+", default=["mocov2", "densecl", "slotcon"], choices=methods)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["mocov2", "densecl", "slotcon"],
+        metavar="METHOD[@KEY=VALUE...]",
+        help=f"methods ({', '.join(methods)}), or variants of them with overrides of their recipe, "
+        "compared as methods of their own: mocov2@optim.lr=0.03",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="pre-training seeds")
     p.add_argument("--minutes", type=float, default=4.0, help="pre-training minutes per run, every method")
     p.add_argument("--protocols", nargs="+", default=list(COMPARE_PROTOCOLS), choices=list(COMPARE_PROTOCOLS))
@@ -636,15 +643,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from densessl.compare import CompareSettings, run_compare
+    from densessl.compare import CompareSettings, run_compare, split_variant
 
     step_ms = {}
     for item in args.step_ms:
-        method, _, value = item.partition("=")
+        method, _, value = item.rpartition("=")  # a variant's name holds "=" too
         try:
+            if not method:
+                raise ValueError
             step_ms[method] = float(value)
         except ValueError:
             raise ConfigError(f"--step-ms takes METHOD=MS, got {item!r}") from None
+    for name in args.methods:
+        try:
+            method, _ = split_variant(name)
+        except ValueError as error:
+            raise ConfigError(f"--methods: {error}") from None
+        if method not in quick_methods():
+            raise ConfigError(
+                f"--methods: no method '{method}'{did_you_mean(method, quick_methods())}; "
+                f"choose from {', '.join(quick_methods())}, or METHOD@KEY=VALUE for a variant"
+            )
+    if len(set(args.methods)) != len(args.methods):
+        raise ConfigError("--methods names a method twice")
     if args.jobs < 1:
         raise ConfigError(f"--jobs takes a positive number of runs at a time, got {args.jobs}")
     settings = CompareSettings(

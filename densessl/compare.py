@@ -21,6 +21,10 @@ are read back, a pre-training that was cut continues from its checkpoint), ``sum
 ``table.md`` and ``compare.png``. ``summary.json`` also holds the scene statistics of
 :mod:`densessl.eval.scenes` (objects per image, object size in feature cells, crops cutting
 objects), which say whether the scenes leave dense features anything to win.
+
+A method may be given as a **variant**, ``METHOD@KEY=VALUE[@KEY=VALUE...]`` (``mocov2@optim.lr=0.03``):
+its quick recipe with those overrides, compared as a method of its own, so that a knob's effect on
+the ranking is measured the same way as a method's (same seeds, paired tests).
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ PROTOCOLS: dict[str, str] = {
     "knn": "largest-object k-NN top-1",
 }
 FLOOR, CEILING = "random", "supervised"
+#: separates a method from the overrides of a variant: ``mocov2@optim.lr=0.03``
+VARIANT_SEPARATOR = "@"
+
+
+def split_variant(name: str) -> tuple[str, list[str]]:
+    """``"mocov2@optim.lr=0.03@method.queue_size=1024"`` -> ``("mocov2", ["optim.lr=0.03", ...])``."""
+    method, *overrides = name.split(VARIANT_SEPARATOR)
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a variant's overrides are KEY=VALUE, got {override!r} in {name!r}")
+    return method, overrides
+
+
+def run_directory_name(name: str, seed: int) -> str:
+    """The folder of one run: the name with path separators and colons (``synthetic:medium``) made safe."""
+    return f"{name.replace('/', '-').replace(':', '-')}_seed{seed}"
 
 
 @dataclass
@@ -79,6 +100,16 @@ class CompareSettings:
     device: str | None = None
     #: runs (pre-training + probes) carried out at once, each in its own process
     jobs: int = 1
+
+
+def recipe_config(name: str, settings: CompareSettings, extra: Sequence[str] = ()) -> Any:
+    """The quick recipe of a method or variant with the comparison's overrides, the variant's, then
+    ``extra``."""
+    from densessl.config import load_config
+    from densessl.demo import quick_config_path
+
+    method, variant = split_variant(name)
+    return load_config(quick_config_path(method), [*settings.overrides, *variant, *extra])
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -234,15 +265,14 @@ def evaluate_backbone(
 
 
 # -- the runs ---------------------------------------------------------------------------------------
-def _seconds_per_epoch(method: str, out: Path, overrides: list[str], steps: int) -> float:
-    """Time the second window of ``steps`` training steps (the first warms up) for one epoch."""
-    from densessl.config import load_config
-    from densessl.demo import quick_config_path
+def _seconds_per_epoch(name: str, out: Path, settings: CompareSettings) -> float:
+    """Time the second window of the calibration steps (the first warms up) for one epoch."""
     from densessl.training.trainer import Trainer
 
+    steps = settings.calibration_steps
     extra = [f"train.max_steps={2 * steps}", f"train.log_every={steps}", "train.tensorboard=false"]
     extra.append("train.probe.every_epochs=0")  # its lines carry no throughput
-    config = load_config(quick_config_path(method), [*overrides, *extra, "train.progress=false"])
+    config = recipe_config(name, settings, [*extra, "train.progress=false"])
     Trainer(config, out, resume="auto-or-new").fit()
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return config.data.synthetic_length / last["images_per_s"]
@@ -250,23 +280,21 @@ def _seconds_per_epoch(method: str, out: Path, overrides: list[str], steps: int)
 
 def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, float]]:
     """Epochs per method for ``settings.minutes`` of pre-training (kept in ``plan.json``)."""
-    from densessl.config import load_config
-    from densessl.demo import quick_config_path
-
     plan_file = out / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
     for method in settings.methods:
         if method in plan:
             continue
-        if method in settings.step_ms:
-            config = load_config(quick_config_path(method), settings.overrides)
+        # a variant's own step time, else its method's (an lr does not change a step's cost)
+        step_ms = settings.step_ms.get(method, settings.step_ms.get(split_variant(method)[0]))
+        if step_ms is not None:
+            config = recipe_config(method, settings)
             steps = config.data.synthetic_length // config.train.batch_size
-            epoch_s, how = settings.step_ms[method] * steps / 1000, "given step time"
+            epoch_s, how = step_ms * steps / 1000, "given step time"
         else:
             log.info("compare: timing %s for %d steps", method, 2 * settings.calibration_steps)
-            epoch_s = _seconds_per_epoch(
-                method, out / f"calibrate_{method}", settings.overrides, settings.calibration_steps
-            )
+            calibration = out / f"calibrate_{run_directory_name(method, 0).removesuffix('_seed0')}"
+            epoch_s = _seconds_per_epoch(method, calibration, settings)
             how = "timed here"
         epochs = max(1, math.floor(settings.minutes * 60 / epoch_s))
         plan[method] = {"seconds_per_epoch": epoch_s, "epochs": epochs, "source": how}
@@ -275,29 +303,34 @@ def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, flo
     return plan
 
 
-def _floor_method(methods: Sequence[str]) -> str:
-    """The ResNet method whose recipe defines the floor's and the ceiling's backbone."""
+def _is_vit(name: str) -> bool:
     from densessl.config import load_config
     from densessl.demo import quick_config_path
 
+    method, variant = split_variant(name)
+    return str(load_config(quick_config_path(method), variant).model.arch).startswith("vit")
+
+
+def _floor_method(methods: Sequence[str]) -> str:
+    """The ResNet method (without a variant's overrides) whose recipe defines the floor's and the
+    ceiling's backbone."""
     for method in [*methods, "mocov2"]:
-        if not load_config(quick_config_path(method)).model.arch.startswith("vit"):
-            return method
+        if not _is_vit(method):
+            return split_variant(method)[0]
     return "mocov2"
 
 
 def _one_run(
     name: str, seed: int, settings: CompareSettings, plan: dict[str, dict[str, float]], out: Path
 ) -> dict[str, Any]:
-    from densessl.config import load_config
     from densessl.data.synthetic import resolve_config
-    from densessl.demo import initial_backbone, quick_config_path, synthetic_preset
+    from densessl.demo import initial_backbone, synthetic_preset
     from densessl.eval.supervised import train_supervised
     from densessl.export import load_backbone
     from densessl.training.trainer import Trainer, resolve_precision
 
     device = settings.device or "cpu"
-    result_file = out / f"{name}_seed{seed}" / "result.json"
+    result_file = out / run_directory_name(name, seed) / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     if name == "random_vit":
@@ -306,10 +339,10 @@ def _one_run(
         recipe = _floor_method(settings.methods)
     else:
         recipe = name
-    overrides = [*settings.overrides, f"train.seed={seed}"]
+    extra = [f"train.seed={seed}"]
     if name in plan:
-        overrides.append(f"train.epochs={plan[name]['epochs']}")
-    config = load_config(quick_config_path(recipe), overrides)
+        extra.append(f"train.epochs={plan[name]['epochs']}")
+    config = recipe_config(recipe, settings, extra)
     scenes = resolve_config(synthetic_preset(config.data.source))
     started = time.perf_counter()
     record: dict[str, Any] = {"method": name, "seed": seed, "recipe": recipe, "arch": config.model.arch}
@@ -406,8 +439,6 @@ def _run_all(
 
 def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
     """Plan, run (resuming), summarise and write the comparison into ``out``."""
-    from densessl.config import load_config
-    from densessl.demo import quick_config_path
     from densessl.eval.report import bar_chart
 
     out = Path(out)
@@ -420,12 +451,12 @@ def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
     names = list(settings.methods) + [FLOOR]
     if settings.supervised_epochs > 0:
         names.append(CEILING)
-    if any(load_config(quick_config_path(m)).model.arch.startswith("vit") for m in settings.methods):
+    if any(_is_vit(m) for m in settings.methods):
         names.append("random_vit")
     results = _run_all(list(itertools.product(settings.seeds, names)), settings, plan, out)
     for record in results:  # runs written before records named their architecture
         if "arch" not in record and "recipe" in record:
-            record["arch"] = load_config(quick_config_path(record["recipe"])).model.arch
+            record["arch"] = recipe_config(record["recipe"], settings).model.arch
     summary = {
         "settings": {k: v for k, v in vars(settings).items()},
         "plan": plan,
@@ -448,11 +479,10 @@ def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
 def _scene_statistics(settings: CompareSettings) -> dict[str, Any]:
     """What the scenes ask of dense features (:mod:`densessl.eval.scenes`), with the first
     method's views."""
-    from densessl.config import load_config
-    from densessl.demo import quick_config_path, synthetic_preset
+    from densessl.demo import synthetic_preset
     from densessl.eval.scenes import scene_statistics
 
-    config = load_config(quick_config_path(settings.methods[0]), settings.overrides)
+    config = recipe_config(settings.methods[0], settings)
     return scene_statistics(synthetic_preset(config.data.source), [v.crop for v in config.views])
 
 

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import yaml
 from scipy import stats
 
 from densessl import compare
@@ -137,3 +138,52 @@ def test_a_failed_run_of_a_pool_stops_the_comparison_with_its_error(tmp_path):
     )  # fmt: skip
     with pytest.raises(Exception, match="no/such/folder"):
         run_compare(settings, tmp_path)
+
+
+def test_a_variant_is_its_method_with_overrides():
+    assert compare.split_variant("mocov2") == ("mocov2", [])
+    assert compare.split_variant("mocov2@optim.lr=0.03@data.source=synthetic:medium") == (
+        "mocov2",
+        ["optim.lr=0.03", "data.source=synthetic:medium"],
+    )
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        compare.split_variant("mocov2@optim.lr")
+    assert compare.run_directory_name("mocov2@data.source=synthetic:medium", 3) == (
+        "mocov2@data.source=synthetic-medium_seed3"
+    )
+
+
+def test_a_variant_trains_with_its_overrides_and_is_compared_as_a_method(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("method.")]
+    variant = "mocov2@optim.lr=0.5@method.temperature=0.5"
+    code = main(
+        [
+            "compare", "--methods", "mocov2", variant, "--seeds", "0", "1", "--minutes", "0.02",
+            "--step-ms", "mocov2=100", "--protocols", "nn", "--supervised-epochs", "0",
+            "--probe-train", "16", "--probe-test", "8", "--out", str(tmp_path), *overrides,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["methods"]) == ["mocov2", variant, "random"]
+    assert summary["plan"][variant]["epochs"] == summary["plan"]["mocov2"]["epochs"]
+    base = yaml.safe_load((tmp_path / "mocov2_seed1" / "pretrain" / "config.yaml").read_text())
+    changed = yaml.safe_load((tmp_path / f"{variant}_seed1" / "pretrain" / "config.yaml").read_text())
+    assert (base["optim"]["lr"], base["method"]["temperature"]) == (0.1, 0.2)
+    assert (changed["optim"]["lr"], changed["method"]["temperature"]) == (0.5, 0.5)
+    assert changed["train"]["seed"] == base["train"]["seed"] == 1
+    assert {(p["a"], p["b"]) for p in summary["pairs"]} >= {("mocov2", variant)}
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (["mocov3"], "no method 'mocov3'"),
+        (["mocov2@optim.lr"], "KEY=VALUE"),
+        (["mocov2", "mocov2"], "twice"),
+    ],
+)
+def test_a_wrong_method_or_variant_is_one_line(tmp_path, methods, message, capsys):
+    assert main(["compare", "--methods", *methods, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "plan.json").exists()
