@@ -150,6 +150,9 @@ class TrainConfig:
     #: global batch: divided by the number of processes
     batch_size: int = 256
     seed: int = 0
+    #: the seed of the initial weights alone (unset: ``seed``), so that the spread over seeds can be
+    #: split into what the initial weights and what the data order and augmentations cause
+    init_seed: int | None = None
     #: ``auto`` = bf16 autocast on GPUs that support it, fp32 elsewhere
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True

@@ -23,7 +23,7 @@ from densessl.eval.segmentation import extract_features, probe_features
 from densessl.export import load_backbone
 from densessl.models.backbones import Backbone
 from densessl.recipes import quick_methods, recipe_path
-from densessl.training.trainer import Trainer, build_model, seed_everything
+from densessl.training.trainer import Trainer, build_initial_model
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def initial_backbone(config: ExperimentConfig) -> Backbone:
     """The exported backbone exactly as pre-training with ``config`` initialises it (the random
     floor): the whole method is built as the trainer builds it, since a method may change its
     backbone after building it (MGC re-draws every Linear layer once its momentum copy exists)."""
-    seed_everything(config.train.seed)
-    return build_model(config).export_encoder().eval()
+    return build_initial_model(config).export_encoder().eval()
 
 
 def probe_on_scenes(

@@ -179,7 +179,11 @@ def build_ledger(
             "resolved": _resolved_precision(config.train.precision, device),
         },
         # every seed of the config, wherever a method keeps its own
-        "seeds": {k: v for k, v in _flatten(settings).items() if k.rsplit(".", 1)[-1].endswith("seed")},
+        "seeds": {
+            k: v
+            for k, v in _flatten(settings).items()
+            if k.rsplit(".", 1)[-1].endswith("seed") and v is not None  # unset: another seed stands in
+        },
     }
     import torch
 

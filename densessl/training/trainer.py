@@ -182,6 +182,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_initial_model(cfg: ExperimentConfig) -> Method:
+    """The method as a run of ``cfg`` starts: weights drawn from ``train.init_seed`` (``train.seed``
+    when unset), every later random draw from ``train.seed``."""
+    init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
+    seed_everything(init_seed)
+    method = build_model(cfg)
+    if init_seed != cfg.train.seed:
+        seed_everything(cfg.train.seed)
+    return method
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -201,7 +212,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     old, new = _flatten(saved), _flatten(current)
     differences = []
     for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key, "<unset>") == new.get(key, "<unset>"):
+        # a key a checkpoint predates equals its default when that default is None (unset)
+        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
             continue
         name = key.replace(".#", " (number of items)")
         differences.append(f"{name} (checkpoint {old.get(key, '<unset>')}, now {new.get(key, '<unset>')})")
@@ -324,8 +336,7 @@ class Trainer:
         dist.barrier()
         # the step's threads leave the cores of the loader workers (one thread each) free
         configure_cpu_threads(cfg.data.workers, cfg.train.cpu_threads)
-        seed_everything(cfg.train.seed)
-        method = build_model(cfg)
+        method = build_initial_model(cfg)
         type(method).check_views([v.crop for v in cfg.views])
         source = parse_source(cfg.data.source, length=cfg.data.synthetic_length)
         dataset = MultiViewDataset(

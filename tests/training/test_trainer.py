@@ -221,3 +221,34 @@ def test_compiled_backbones_keep_their_names_and_numbers(tmp_path):
     assert list(state) == list(
         torch.load(plain["checkpoint"], map_location="cpu", weights_only=False)["model"]
     )
+
+
+def test_init_seed_fixes_the_initial_weights_and_leaves_every_later_draw_to_seed():
+    from densessl.training.trainer import build_initial_model
+
+    def start(*overrides):
+        model = build_initial_model(load_config(QUICK, [*TINY, *overrides]))
+        return model.state_dict(), torch.rand(4)  # the first draw after building
+
+    plain0, draw0 = start("train.seed=0")
+    plain1, draw1 = start("train.seed=1")
+    fixed1, fixed_draw1 = start("train.seed=1", "train.init_seed=0")
+    weights = [k for k, v in plain0.items() if v.is_floating_point() and v.std() > 0]
+    assert weights and all(torch.equal(fixed1[k], plain0[k]) for k in plain0)
+    assert any(not torch.equal(plain1[k], plain0[k]) for k in weights)
+    torch.manual_seed(1)
+    assert torch.equal(fixed_draw1, torch.rand(4))
+    assert not torch.equal(fixed_draw1, draw0)
+    assert torch.equal(start("train.seed=1", "train.init_seed=1")[0]["encoder_q.backbone.conv1.weight"],
+                       plain1["encoder_q.backbone.conv1.weight"])  # fmt: skip
+
+
+def test_a_checkpoint_from_before_init_seed_resumes_and_a_changed_one_does_not():
+    from densessl.config import to_dict
+    from densessl.training.trainer import config_differences
+
+    current = to_dict(load_config(QUICK, TINY))
+    older = {**current, "train": {k: v for k, v in current["train"].items() if k != "init_seed"}}
+    assert config_differences(older, current) == []
+    changed = to_dict(load_config(QUICK, [*TINY, "train.init_seed=3"]))
+    assert config_differences(older, changed) == ["train.init_seed (checkpoint <unset>, now 3)"]
