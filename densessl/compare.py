@@ -29,11 +29,15 @@ the ranking is measured the same way as a method's (same seeds, paired tests).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import math
+import os
+import signal
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -383,11 +387,48 @@ def _one_run(
     return record
 
 
-def _start_job(threads: int, log_level: int) -> None:
-    """Set up one process of a ``--jobs`` pool: its share of the cores, and logging."""
-    import os
+#: in a process of a ``--jobs`` pool: a stop was asked for, so it starts no other run; and
+#: whether a run is under way (a stop abandons its probes: they are redone next time)
+_stopping = False
+_in_run = False
+#: the comparison's process, which a pool process outlives only when it was killed
+_parent = 0
 
+
+def _orphaned() -> bool:
+    return bool(_parent) and os.getppid() != _parent
+
+
+def _stop_request(signum: int, frame: Any) -> None:
+    """A pool process's SIGINT and SIGTERM outside training (the trainer handles them during it)."""
+    global _stopping
+    _stopping = True
+    if _in_run:
+        raise KeyboardInterrupt
+    if _orphaned():  # waiting for a run that no one will send
+        os._exit(130)
+
+
+def _end_with_parent() -> None:
+    """Linux: have this process sent SIGTERM when the process that started it ends, however it
+    ends (even SIGKILL), so that no run outlives its comparison."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def _start_job(threads: int, log_level: int) -> None:
+    """Set up one process of a ``--jobs`` pool: its share of the cores, logging, and stops."""
     import torch
+
+    global _parent
+    _parent = os.getppid()
+    _end_with_parent()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_request)
 
     # through the environment too, so that the trainer's own thread choice leaves it in place
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -399,8 +440,20 @@ def _start_job(threads: int, log_level: int) -> None:
 def _numbered_run(
     number: int, total: int, seed: int, name: str, settings: CompareSettings, plan: dict, out: Path
 ) -> dict[str, Any]:
+    global _stopping, _in_run
+    if _stopping:
+        raise KeyboardInterrupt  # queued before the stop: not started
     log.info("compare: run %d of %d: %s, seed %d", number, total, name, seed)
-    return _one_run(name, seed, settings, plan, out)
+    _in_run = True
+    try:
+        return _one_run(name, seed, settings, plan, out)
+    except KeyboardInterrupt:
+        _stopping = True
+        if _orphaned():  # the run has saved; there is no one to report to
+            os._exit(130)
+        raise
+    finally:
+        _in_run = False
 
 
 def _run_all(
@@ -419,6 +472,7 @@ def _run_all(
     if settings.jobs <= 1:
         return [_numbered_run(*args) for args in numbered]
     import multiprocessing
+    import threading
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, available_cores() // settings.jobs)
@@ -430,11 +484,29 @@ def _run_all(
         initializer=_start_job,
         initargs=(threads, level),
     )
+
+    def stop_runs(signum: int, frame: Any) -> None:
+        # Ctrl-C reaches every process of the terminal's group; a SIGTERM to this one is passed on
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(OSError):
+                os.kill(child.pid, signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop_runs) if main_thread else None
     try:
         futures = [pool.submit(_numbered_run, *args) for args in numbered]
         return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        log.warning(
+            "compare: stopping; the runs under way save where they are, and the same command "
+            "continues the comparison"
+        )
+        raise
     finally:
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # waits for those saves
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:

@@ -3,8 +3,15 @@ method closes, a comparison that resumes without redoing finished runs, and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -187,3 +194,65 @@ def test_a_wrong_method_or_variant_is_one_line(tmp_path, methods, message, capsy
     assert main(["compare", "--methods", *methods, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "plan.json").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for path in Path("/proc").glob(f"{parent}/task/*/children"):
+            with contextlib.suppress(OSError):
+                for child in map(int, path.read_text().split()):
+                    if child not in found:
+                        found.add(child)
+                        todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_stopped_pool_comparison_saves_the_runs_under_way_and_leaves_no_process(tmp_path, stop):
+    # SIGTERM: passed on to the pool, which saves and ends; SIGKILL: the pool's processes learn of
+    # their parent's end from the kernel (PR_SET_PDEATHSIG) and save and end all the same
+    overrides = [o for o in TINY if not o.startswith("method.")]
+    out = tmp_path / "compare"
+    command = [
+        sys.executable, "-m", "densessl", "compare", "--methods", "mocov2", "--seeds", "0", "1", "2",
+        "--minutes", "2", "--step-ms", "mocov2=100", "--protocols", "nn", "--supervised-epochs", "0",
+        "--probe-train", "16", "--probe-test", "8", "--jobs", "2", "--out", str(out), *overrides,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = out / "mocov2_seed0" / "pretrain" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    workers = _children(process.pid)
+    assert workers, "the pool has not started"
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=120)
+    if stop == signal.SIGTERM:
+        assert process.returncode == 130, err[-3000:]
+        assert "the same command continues the comparison" in err
+    else:
+        assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+    checkpoint = out / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt"
+    assert checkpoint.is_file()  # the run under way saved where it was
+    assert not (out / "mocov2_seed2").exists()  # queued, never started
