@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
     p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")
     p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="the same initial weights for every seed (train.init_seed): seeds then vary the data "
+        "order and augmentations only (default: each seed draws its own weights)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -679,6 +686,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         probe_test=args.probe_test,
         overrides=[*args.overrides, "train.progress=false"] if args.quiet_level > 0 else list(args.overrides),
         jobs=args.jobs,
+        init_seed=args.init_seed,
     )
     summary = run_compare(settings, args.out)
     print((Path(args.out) / "table.md").read_text(), end="")

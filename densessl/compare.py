@@ -104,6 +104,9 @@ class CompareSettings:
     device: str | None = None
     #: runs (pre-training + probes) carried out at once, each in its own process
     jobs: int = 1
+    #: the initial weights of every run (``train.init_seed``), so that seeds vary the data order
+    #: and augmentations only; None: each seed draws its own weights too
+    init_seed: int | None = None
 
 
 def recipe_config(name: str, settings: CompareSettings, extra: Sequence[str] = ()) -> Any:
@@ -344,12 +347,20 @@ def _one_run(
     else:
         recipe = name
     extra = [f"train.seed={seed}"]
+    if settings.init_seed is not None:
+        extra.append(f"train.init_seed={settings.init_seed}")
     if name in plan:
         extra.append(f"train.epochs={plan[name]['epochs']}")
     config = recipe_config(recipe, settings, extra)
     scenes = resolve_config(synthetic_preset(config.data.source))
     started = time.perf_counter()
-    record: dict[str, Any] = {"method": name, "seed": seed, "recipe": recipe, "arch": config.model.arch}
+    record: dict[str, Any] = {
+        "method": name,
+        "seed": seed,
+        "init_seed": config.train.init_seed,
+        "recipe": recipe,
+        "arch": config.model.arch,
+    }
     if name in (FLOOR, "random_vit"):
         backbone = initial_backbone(config)
     elif name == CEILING:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -256,3 +257,26 @@ def test_a_stopped_pool_comparison_saves_the_runs_under_way_and_leaves_no_proces
     checkpoint = out / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt"
     assert checkpoint.is_file()  # the run under way saved where it was
     assert not (out / "mocov2_seed2").exists()  # queued, never started
+
+
+def test_init_seed_gives_every_seed_the_same_initial_weights(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("method.")]
+    args = [
+        "compare", "--methods", "mocov2", "--seeds", "0", "1", "--minutes", "0.02", "--step-ms", "mocov2=100",
+        "--protocols", "nn", "--supervised-epochs", "0", "--probe-train", "16", "--probe-test", "8",
+    ]  # fmt: skip
+    assert main([*args, "--init-seed", "7", "--out", str(tmp_path / "held"), *overrides]) == 0
+    assert main([*args, "--out", str(tmp_path / "drawn"), *overrides]) == 0
+
+    def seeds_of(run: str) -> tuple[int | None, int]:
+        path = tmp_path / run / "pretrain" / "checkpoints" / "last.pt"
+        config = torch.load(path, map_location="cpu", weights_only=False)["config"]
+        return config["train"].get("init_seed"), config["train"]["seed"]
+
+    assert seeds_of("held/mocov2_seed0") == (7, 0)
+    assert seeds_of("held/mocov2_seed1") == (7, 1)
+    assert seeds_of("drawn/mocov2_seed1") == (None, 1)
+    for run in ("held", "drawn"):
+        records = json.loads((tmp_path / run / "summary.json").read_text())["runs"]
+        assert {r["init_seed"] for r in records} == ({7} if run == "held" else {None})
+        assert {r["method"] for r in records} == {"mocov2", "random"}
