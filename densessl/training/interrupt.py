@@ -15,10 +15,13 @@ from typing import Any
 
 
 def quiet_worker(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: workers must outlive it so the main process can
-    # finish the step in flight and save. SIGTERM keeps its default: the loader ends its
-    # workers with it.
+    # Ctrl-C reaches the whole process group, and so does a scheduler's SIGTERM (Slurm sends it
+    # to every process of the job): workers must outlive both so the main process can finish the
+    # step in flight and save; a worker killed under it fails the step instead. The loader ends
+    # its workers without a signal when it stops, and each worker ends by itself once the main
+    # process is gone (torch's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopRequest:

@@ -367,3 +367,34 @@ def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
     assert "finishing the current step" in err and "continue with" in err
     last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
+
+
+def test_a_sigterm_to_the_whole_process_group_with_loader_workers_is_a_clean_stop(tmp_path):
+    # a scheduler such as Slurm signals every process of the job: the loader workers too
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    overrides = [o for o in TINY if o != "data.workers=0"]
+    command = [sys.executable, "-m", "densessl", "pretrain", str(QUICK), *overrides, "data.workers=1"]
+    process = subprocess.Popen(
+        [*command, "train.epochs=200", "--out", str(run)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a job's
+    )
+    deadline = time.monotonic() + 120
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "stopped at step" in err and "killed by signal" not in err
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
