@@ -7,8 +7,12 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -335,21 +339,16 @@ def test_epoch_copies_leave_out_the_buffers_the_method_names_and_last_keeps_them
     assert any("dense_queue.keys" in r.getMessage() and "not" in r.getMessage() for r in caplog.records)
 
 
-def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
-    # SIGTERM every 20 ms: the first stops the run, the others arrive while it saves, winds down
-    # and exits; none may turn the exit status into a kill
-    import subprocess
-    import sys
-    import time
-
-    run = tmp_path / "run"
-    command = [sys.executable, "-m", "densessl", "pretrain", str(QUICK), *TINY, "train.epochs=200"]
+def _pretrain_until_logged(run: Path, overrides: list[str], **popen: Any) -> subprocess.Popen:
+    """A ``densessl pretrain`` process of 200 tiny epochs, returned once it has logged two steps."""
+    command = [sys.executable, "-m", "densessl", "pretrain", str(QUICK), *overrides, "train.epochs=200"]
     process = subprocess.Popen(
         [*command, "--out", str(run)],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
@@ -357,6 +356,18 @@ def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
+    return process
+
+
+def _last_logged_step(run: Path) -> int:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+
+
+def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
+    # SIGTERM every 20 ms: the first stops the run, the others arrive while it saves, winds down
+    # and exits; none may turn the exit status into a kill
+    run = tmp_path / "run"
+    process = _pretrain_until_logged(run, TINY)
     end = time.monotonic() + 2.0
     while time.monotonic() < end and process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -365,36 +376,16 @@ def test_a_burst_of_signals_still_ends_as_a_clean_stop(tmp_path):
     assert process.returncode == 130, err[-2000:]
     # the repeats may all land after the save, where they are ignored without a word
     assert "finishing the current step" in err and "continue with" in err
-    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == _last_logged_step(run)
 
 
 def test_a_sigterm_to_the_whole_process_group_with_loader_workers_is_a_clean_stop(tmp_path):
     # a scheduler such as Slurm signals every process of the job: the loader workers too
-    import subprocess
-    import sys
-    import time
-
     run = tmp_path / "run"
-    overrides = [o for o in TINY if o != "data.workers=0"]
-    command = [sys.executable, "-m", "densessl", "pretrain", str(QUICK), *overrides, "data.workers=1"]
-    process = subprocess.Popen(
-        [*command, "train.epochs=200", "--out", str(run)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a job's
-    )
-    deadline = time.monotonic() + 120
-    metrics = run / "metrics.jsonl"
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    overrides = [*(o for o in TINY if o != "data.workers=0"), "data.workers=1"]
+    process = _pretrain_until_logged(run, overrides, start_new_session=True)  # a job's own group
     os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
     assert "stopped at step" in err and "killed by signal" not in err
-    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last_logged
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == _last_logged_step(run)

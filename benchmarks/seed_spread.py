@@ -1,0 +1,137 @@
+"""Where the spread of a comparison over pre-training seeds comes from.
+
+Two measurements behind the README's "Why the seeds spread":
+
+- ``probe-noise CKPT``: the probe's own sampling. One backbone is probed, as ``densessl compare``
+  probes it, on disjoint held-out subsets of the comparison's sizes: five scoring sets of
+  ``--test`` scenes with one fitting set, and three fitting sets of ``--train`` scenes with one
+  scoring set. The standard deviations say how far the linear probe and retrieval mIoU move when
+  nothing but the held-out scenes change.
+- ``init-stats``: the initial weights of several seeds, as pre-training draws them (the quick
+  recipe's backbone, train-mode batch norm), on a batch of scenes: the share of dead channels and
+  the activation RMS after each stage, and the effective rank of the pooled and dense features.
+
+Both end with one JSON line. Usage::
+
+    python benchmarks/seed_spread.py probe-noise runs/compare/mocov2_seed0/pretrain/checkpoints/last.pt
+    python benchmarks/seed_spread.py init-stats --method mocov2 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from densessl.config import load_config
+from densessl.data.synthetic import SyntheticScenes, resolve_config
+from densessl.demo import initial_backbone, quick_config_path
+from densessl.eval.retrieval import evaluate_nn
+from densessl.eval.segmentation import extract_features, probe_features
+from densessl.export import load_backbone
+
+
+def probe_noise(checkpoint: str, preset: str, train: int, test: int) -> dict:
+    """mIoU of one backbone over disjoint fitting and scoring subsets of the held-out scenes."""
+    scenes = resolve_config(preset)
+    size, classes = scenes.image_size, scenes.num_classes + 1
+    backbone = load_backbone(checkpoint).eval()
+    fit_f, fit_m = extract_features(backbone, SyntheticScenes(scenes, "val", 3 * train), size, 64, "cpu")
+    score_f, score_m = extract_features(backbone, SyntheticScenes(scenes, "test", 5 * test), size, 64, "cpu")
+
+    def linear(a: slice, b: slice) -> float:
+        probe = probe_features(
+            fit_f[a],
+            fit_m[a],
+            score_f[b],
+            score_m[b],
+            classes,
+            head="linear",
+            seeds=(0, 1, 2),
+            epochs=30,
+            lr=0.1,
+            batch_size=64,
+            train_resolution=size // 2,
+            device="cpu",
+        )  # fmt: skip  (the settings of densessl.compare.evaluate_backbone)
+        return 100 * probe["miou"]
+
+    def retrieval(a: slice, b: slice) -> float:
+        return 100 * evaluate_nn(fit_f[a], fit_m[a], score_f[b], score_m[b], classes, device="cpu")["miou"]
+
+    out: dict = {"checkpoint": checkpoint, "train": train, "test": test}
+    first_fit, first_score = slice(0, train), slice(0, test)
+    for name, protocol in (("linear", linear), ("nn", retrieval)):
+        by_score = [protocol(first_fit, slice(i * test, (i + 1) * test)) for i in range(5)]
+        by_fit = [protocol(slice(i * train, (i + 1) * train), first_score) for i in range(3)]
+        out[name] = {
+            "by_scoring_set": by_score,
+            "sd_scoring": statistics.stdev(by_score),
+            "by_fitting_set": by_fit,
+            "sd_fitting": statistics.stdev(by_fit),
+        }
+        print(f"{name}: sd over scoring sets {out[name]['sd_scoring']:.2f}, over fitting sets "
+              f"{out[name]['sd_fitting']:.2f}", flush=True)  # fmt: skip
+    return out
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """exp of the entropy of the normalised singular values of the centred rows."""
+    values = torch.linalg.svdvals(features - features.mean(0))
+    p = values / values.sum()
+    return float(torch.exp(-(p * torch.log(p + 1e-12)).sum()))
+
+
+def init_stats(method: str, seeds: list[int], images: int) -> dict:
+    """Per seed: dead-channel share and activation RMS after each stage, feature effective ranks."""
+    scenes = resolve_config("easy")
+    rendered = SyntheticScenes(scenes, "val", images)
+    batch = torch.from_numpy(np.stack([rendered[i][0] for i in range(images)])).permute(0, 3, 1, 2).float()
+    batch = (batch - batch.mean(dim=(0, 2, 3), keepdim=True)) / batch.std(dim=(0, 2, 3), keepdim=True)
+    out = {}
+    for seed in seeds:
+        backbone = initial_backbone(load_config(quick_config_path(method), [f"train.seed={seed}"])).train()
+        row: dict = {}
+        with torch.no_grad():
+            h = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(batch))))
+            for stage in ("layer1", "layer2", "layer3", "layer4"):
+                h = getattr(backbone, stage)(h)
+                dead = ((h > 0).float().mean(dim=(0, 2, 3)) == 0).float().mean()
+                row[stage] = {"dead_channels": float(dead), "rms": float(h.pow(2).mean().sqrt())}
+            row["pooled_rank"] = effective_rank(h.mean(dim=(2, 3)))
+            row["dense_rank"] = effective_rank(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]))
+        out[seed] = row
+        print(seed, json.dumps(row), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe-noise")
+    p.add_argument("checkpoint")
+    p.add_argument("--preset", default="easy")
+    p.add_argument("--train", type=int, default=600, help="fitting scenes per subset (compare's)")
+    p.add_argument("--test", type=int, default=300, help="scoring scenes per subset (compare's)")
+    p = sub.add_parser("init-stats")
+    p.add_argument("--method", default="mocov2")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--images", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    if args.command == "probe-noise":
+        result = probe_noise(args.checkpoint, args.preset, args.train, args.test)
+    else:
+        result = init_stats(args.method, args.seeds, args.images)
+    print(json.dumps({"command": args.command, "seconds": time.perf_counter() - started, "result": result}))
+
+
+if __name__ == "__main__":
+    main()
