@@ -661,15 +661,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             step_ms[method] = float(value)
         except ValueError:
             raise ConfigError(f"--step-ms takes METHOD=MS, got {item!r}") from None
+    methods = quick_methods()
     for name in args.methods:
         try:
             method, _ = split_variant(name)
         except ValueError as error:
             raise ConfigError(f"--methods: {error}") from None
-        if method not in quick_methods():
+        if method not in methods:
             raise ConfigError(
-                f"--methods: no method '{method}'{did_you_mean(method, quick_methods())}; "
-                f"choose from {', '.join(quick_methods())}, or METHOD@KEY=VALUE for a variant"
+                f"--methods: no method '{method}'{did_you_mean(method, methods)}; "
+                f"choose from {', '.join(methods)}, or METHOD@KEY=VALUE for a variant"
             )
     if len(set(args.methods)) != len(args.methods):
         raise ConfigError("--methods names a method twice")

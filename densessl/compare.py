@@ -66,6 +66,8 @@ PROTOCOLS: dict[str, str] = {
     "knn": "largest-object k-NN top-1",
 }
 FLOOR, CEILING = "random", "supervised"
+#: the floor of a ViT method (MGC): a random ViT
+VIT_FLOOR = "random_vit"
 #: separates a method from the overrides of a variant: ``mocov2@optim.lr=0.03``
 VARIANT_SEPARATOR = "@"
 
@@ -80,9 +82,14 @@ def split_variant(name: str) -> tuple[str, list[str]]:
     return method, overrides
 
 
+def _folder_safe(name: str) -> str:
+    """``name`` with path separators and colons (``synthetic:medium``) made safe for a folder."""
+    return name.replace("/", "-").replace(":", "-")
+
+
 def run_directory_name(name: str, seed: int) -> str:
-    """The folder of one run: the name with path separators and colons (``synthetic:medium``) made safe."""
-    return f"{name.replace('/', '-').replace(':', '-')}_seed{seed}"
+    """The folder of one run."""
+    return f"{_folder_safe(name)}_seed{seed}"
 
 
 @dataclass
@@ -200,13 +207,13 @@ def markdown_tables(summary: dict[str, Any], protocols: Sequence[str]) -> str:
                 row.append("")
                 continue
             text = f"{c['mean']:.2f} ± {c['std']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-            if "gap_closed" in c and method not in (FLOOR, CEILING, "random_vit"):
+            if "gap_closed" in c and method not in (FLOOR, CEILING, VIT_FLOOR):
                 text += f" ({round(100 * c['gap_closed'])}%)"  # an int: never "-0%"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "| a | b | protocol | seeds | mean a - b | t | p |", "|---|---|---|---|---|---|---|"]
     for pair in summary["pairs"]:
-        if {pair["a"], pair["b"]} & {FLOOR, CEILING, "random_vit"}:
+        if {pair["a"], pair["b"]} & {FLOOR, CEILING, VIT_FLOOR}:
             continue
         lines.append(
             f"| {pair['a']} | {pair['b']} | {pair['protocol']} | {pair['n']} | "
@@ -300,8 +307,7 @@ def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, flo
             epoch_s, how = step_ms * steps / 1000, "given step time"
         else:
             log.info("compare: timing %s for %d steps", method, 2 * settings.calibration_steps)
-            calibration = out / f"calibrate_{run_directory_name(method, 0).removesuffix('_seed0')}"
-            epoch_s = _seconds_per_epoch(method, calibration, settings)
+            epoch_s = _seconds_per_epoch(method, out / f"calibrate_{_folder_safe(method)}", settings)
             how = "timed here"
         epochs = max(1, math.floor(settings.minutes * 60 / epoch_s))
         plan[method] = {"seconds_per_epoch": epoch_s, "epochs": epochs, "source": how}
@@ -340,7 +346,7 @@ def _one_run(
     result_file = out / run_directory_name(name, seed) / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    if name == "random_vit":
+    if name == VIT_FLOOR:
         recipe = "mgc"
     elif name in (FLOOR, CEILING):
         recipe = _floor_method(settings.methods)
@@ -361,7 +367,7 @@ def _one_run(
         "recipe": recipe,
         "arch": config.model.arch,
     }
-    if name in (FLOOR, "random_vit"):
+    if name in (FLOOR, VIT_FLOOR):
         backbone = initial_backbone(config)
     elif name == CEILING:
         import torch
@@ -535,7 +541,7 @@ def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:
     if settings.supervised_epochs > 0:
         names.append(CEILING)
     if any(_is_vit(m) for m in settings.methods):
-        names.append("random_vit")
+        names.append(VIT_FLOOR)
     results = _run_all(list(itertools.product(settings.seeds, names)), settings, plan, out)
     for record in results:  # runs written before records named their architecture
         if "arch" not in record and "recipe" in record:
