@@ -7,6 +7,12 @@ Two measurements behind the README's "Why the seeds spread":
   ``--test`` scenes with one fitting set, and three fitting sets of ``--train`` scenes with one
   scoring set. The standard deviations say how far the linear probe and retrieval mIoU move when
   nothing but the held-out scenes change.
+- ``colour CKPT...``: how much a backbone's features depend on colour. Scenes and the same scenes
+  with every hue rotated (by a half and a quarter turn) or turned grey: the mean cosine similarity
+  of the same scene's pooled and per-cell features before and after, beside that of two different
+  scenes. The scenes' classes are defined by texture and shape, never by colour, so a backbone
+  that tells a scene from its hue-rotated copy more than from another scene identifies scenes by
+  their colours.
 - ``init-stats``: the initial weights of several seeds, as pre-training draws them (the quick
   recipe's backbone, train-mode batch norm), on a batch of scenes: the share of dead channels and
   the activation RMS after each stage, and the effective rank of the pooled and dense features.
@@ -14,6 +20,7 @@ Two measurements behind the README's "Why the seeds spread":
 Both end with one JSON line. Usage::
 
     python benchmarks/seed_spread.py probe-noise runs/compare/mocov2_seed0/pretrain/checkpoints/last.pt
+    python benchmarks/seed_spread.py colour runs/compare/mocov2_seed*/pretrain/checkpoints/last.pt
     python benchmarks/seed_spread.py init-stats --method mocov2 --seeds 0 1 2 3 4
 """
 
@@ -26,7 +33,10 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
+from densessl.augment import normalize
 from densessl.config import load_config
 from densessl.data.synthetic import SyntheticScenes, resolve_config
 from densessl.demo import initial_backbone, quick_config_path
@@ -79,6 +89,36 @@ def probe_noise(checkpoint: str, preset: str, train: int, test: int) -> dict:
     return out
 
 
+def colour_dependence(checkpoints: list[str], images: int) -> dict:
+    """Similarity of each scene's features to those of its colour-changed copies, and to others'."""
+    scenes = SyntheticScenes(resolve_config("easy"), "val", images)
+    batch = torch.from_numpy(np.stack([scenes[i][0] for i in range(images)])).permute(0, 3, 1, 2)
+    changes = {
+        "hue_half_turn": TF.adjust_hue(batch, 0.5),
+        "hue_quarter_turn": TF.adjust_hue(batch, 0.25),
+        "grey": TF.rgb_to_grayscale(batch, 3),
+    }
+    out = {}
+    for checkpoint in checkpoints:
+        backbone = load_backbone(checkpoint).eval()
+        with torch.no_grad():
+            dense = F.normalize(backbone(normalize(batch)).float(), dim=1)
+            pooled = F.normalize(dense.mean(dim=(2, 3)), dim=1)
+            row: dict = {}
+            for name, changed in changes.items():
+                dense_c = F.normalize(backbone(normalize(changed)).float(), dim=1)
+                pooled_c = F.normalize(dense_c.mean(dim=(2, 3)), dim=1)
+                row[name] = {
+                    "pooled": float((pooled * pooled_c).sum(1).mean()),
+                    "dense": float((dense * dense_c).sum(1).mean()),
+                }
+            others = pooled @ pooled.T
+            row["other_scenes_pooled"] = float(others[~torch.eye(images, dtype=torch.bool)].mean())
+        out[checkpoint] = row
+        print(checkpoint, json.dumps(row), flush=True)
+    return out
+
+
 def effective_rank(features: torch.Tensor) -> float:
     """exp of the entropy of the normalised singular values of the centred rows."""
     values = torch.linalg.svdvals(features - features.mean(0))
@@ -119,6 +159,9 @@ def main() -> None:
     p.add_argument("--preset", default="easy")
     p.add_argument("--train", type=int, default=600, help="fitting scenes per subset (compare's)")
     p.add_argument("--test", type=int, default=300, help="scoring scenes per subset (compare's)")
+    p = sub.add_parser("colour")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--images", type=int, default=256)
     p = sub.add_parser("init-stats")
     p.add_argument("--method", default="mocov2")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -128,6 +171,8 @@ def main() -> None:
     started = time.perf_counter()
     if args.command == "probe-noise":
         result = probe_noise(args.checkpoint, args.preset, args.train, args.test)
+    elif args.command == "colour":
+        result = colour_dependence(args.checkpoints, args.images)
     else:
         result = init_stats(args.method, args.seeds, args.images)
     print(json.dumps({"command": args.command, "seconds": time.perf_counter() - started, "result": result}))
