@@ -1,6 +1,6 @@
 """Where the spread of a comparison over pre-training seeds comes from.
 
-Two measurements behind the README's "Why the seeds spread":
+Three measurements behind the README's "Why the seeds spread":
 
 - ``probe-noise CKPT``: the probe's own sampling. One backbone is probed, as ``densessl compare``
   probes it, on disjoint held-out subsets of the comparison's sizes: five scoring sets of
@@ -17,7 +17,7 @@ Two measurements behind the README's "Why the seeds spread":
   recipe's backbone, train-mode batch norm), on a batch of scenes: the share of dead channels and
   the activation RMS after each stage, and the effective rank of the pooled and dense features.
 
-Both end with one JSON line. Usage::
+Each ends with one JSON line. Usage::
 
     python benchmarks/seed_spread.py probe-noise runs/compare/mocov2_seed0/pretrain/checkpoints/last.pt
     python benchmarks/seed_spread.py colour runs/compare/mocov2_seed*/pretrain/checkpoints/last.pt
@@ -89,10 +89,15 @@ def probe_noise(checkpoint: str, preset: str, train: int, test: int) -> dict:
     return out
 
 
+def scene_batch(images: int) -> torch.Tensor:
+    """The first ``images`` held-out ``easy`` scenes as one uint8 batch (B, 3, H, W)."""
+    scenes = SyntheticScenes(resolve_config("easy"), "val", images)
+    return torch.from_numpy(np.stack([scenes[i][0] for i in range(images)])).permute(0, 3, 1, 2)
+
+
 def colour_dependence(checkpoints: list[str], images: int) -> dict:
     """Similarity of each scene's features to those of its colour-changed copies, and to others'."""
-    scenes = SyntheticScenes(resolve_config("easy"), "val", images)
-    batch = torch.from_numpy(np.stack([scenes[i][0] for i in range(images)])).permute(0, 3, 1, 2)
+    batch = scene_batch(images)
     changes = {
         "hue_half_turn": TF.adjust_hue(batch, 0.5),
         "hue_quarter_turn": TF.adjust_hue(batch, 0.25),
@@ -128,9 +133,7 @@ def effective_rank(features: torch.Tensor) -> float:
 
 def init_stats(method: str, seeds: list[int], images: int) -> dict:
     """Per seed: dead-channel share and activation RMS after each stage, feature effective ranks."""
-    scenes = resolve_config("easy")
-    rendered = SyntheticScenes(scenes, "val", images)
-    batch = torch.from_numpy(np.stack([rendered[i][0] for i in range(images)])).permute(0, 3, 1, 2).float()
+    batch = scene_batch(images).float()
     batch = (batch - batch.mean(dim=(0, 2, 3), keepdim=True)) / batch.std(dim=(0, 2, 3), keepdim=True)
     out = {}
     for seed in seeds:
