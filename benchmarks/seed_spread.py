@@ -1,6 +1,6 @@
 """Where the spread of a comparison over pre-training seeds comes from.
 
-Three measurements behind the README's "Why the seeds spread":
+Four measurements behind the README's "Why the seeds spread":
 
 - ``probe-noise CKPT``: the probe's own sampling. One backbone is probed, as ``densessl compare``
   probes it, on disjoint held-out subsets of the comparison's sizes: five scoring sets of
@@ -16,12 +16,17 @@ Three measurements behind the README's "Why the seeds spread":
 - ``init-stats``: the initial weights of several seeds, as pre-training draws them (the quick
   recipe's backbone, train-mode batch norm), on a batch of scenes: the share of dead channels and
   the activation RMS after each stage, and the effective rank of the pooled and dense features.
+- ``ceiling``: the supervised ceiling of ``densessl compare`` (per-pixel cross-entropy from the
+  initial weights of each seed, then the linear probe) for the quick recipe with overrides, so a
+  change of the network or of the ceiling's length is judged on how far the seeds' ceilings spread
+  without pre-training anything.
 
 Each ends with one JSON line. Usage::
 
     python benchmarks/seed_spread.py probe-noise runs/compare/mocov2_seed0/pretrain/checkpoints/last.pt
     python benchmarks/seed_spread.py colour runs/compare/mocov2_seed*/pretrain/checkpoints/last.pt
     python benchmarks/seed_spread.py init-stats --method mocov2 --seeds 0 1 2 3 4
+    python benchmarks/seed_spread.py ceiling --seeds 0 1 --epochs 10 model.width=0.25
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from torchvision.transforms.v2 import functional as TF
 from densessl.augment import normalize
 from densessl.config import load_config
 from densessl.data.synthetic import SyntheticScenes, resolve_config
-from densessl.demo import initial_backbone, quick_config_path
+from densessl.demo import initial_backbone, quick_config_path, synthetic_preset
 from densessl.eval.retrieval import evaluate_nn
 from densessl.eval.segmentation import extract_features, probe_features
 from densessl.export import load_backbone
@@ -152,6 +157,40 @@ def init_stats(method: str, seeds: list[int], images: int) -> dict:
     return out
 
 
+def ceiling(method: str, seeds: list[int], epochs: int, overrides: list[str]) -> dict:
+    """Per seed: the supervised ceiling's linear-probe mIoU, last training loss and minutes."""
+    from densessl.compare import CompareSettings, evaluate_backbone, recipe_config
+    from densessl.eval.supervised import train_supervised
+    from densessl.training.trainer import resolve_precision
+
+    out: dict = {}
+    for seed in seeds:
+        config = recipe_config(method, CompareSettings(), [f"train.seed={seed}", *overrides])
+        scenes = resolve_config(synthetic_preset(config.data.source))
+        started = time.perf_counter()
+        backbone, trained = train_supervised(
+            initial_backbone(config),
+            scenes,
+            images=config.data.synthetic_length,
+            epochs=epochs,
+            crop_size=config.views[0].crop.size,
+            crop_scale=tuple(config.views[0].crop.scale),
+            batch_size=config.train.batch_size,
+            seed=seed,
+            autocast_dtype=resolve_precision(config.train.precision, torch.device("cpu")),
+        )
+        out[seed] = {
+            "linear": evaluate_backbone(backbone, scenes, ["linear"])["linear"],
+            "final_loss": trained["losses"][-1],
+            "minutes": (time.perf_counter() - started) / 60,
+        }
+        print(seed, json.dumps(out[seed]), flush=True)
+    scores = [row["linear"] for row in out.values()]
+    out["mean"] = statistics.fmean(scores)
+    out["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,6 +208,11 @@ def main() -> None:
     p.add_argument("--method", default="mocov2")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--images", type=int, default=64)
+    p = sub.add_parser("ceiling")
+    p.add_argument("--method", default="mocov2", help="whose quick recipe gives the network and crops")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the quick recipe")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -176,8 +220,10 @@ def main() -> None:
         result = probe_noise(args.checkpoint, args.preset, args.train, args.test)
     elif args.command == "colour":
         result = colour_dependence(args.checkpoints, args.images)
-    else:
+    elif args.command == "init-stats":
         result = init_stats(args.method, args.seeds, args.images)
+    else:
+        result = ceiling(args.method, args.seeds, args.epochs, args.overrides)
     print(json.dumps({"command": args.command, "seconds": time.perf_counter() - started, "result": result}))
 
 

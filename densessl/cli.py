@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="step times measured elsewhere (benchmarks/step_time.py), instead of timing here",
     )
     p.add_argument(
-        "--supervised-epochs", type=int, default=10, help="epochs of the supervised ceiling (0: none)"
+        "--supervised-epochs", type=int, default=30, help="epochs of the supervised ceiling (0: none)"
     )
     p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
     p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")

@@ -102,8 +102,8 @@ class CompareSettings:
     #: method -> milliseconds per step measured elsewhere, instead of timing here
     step_ms: dict[str, float] = field(default_factory=dict)
     calibration_steps: int = 12
-    #: epochs of the supervised ceiling (0: no ceiling)
-    supervised_epochs: int = 10
+    #: epochs of the supervised ceiling (0: no ceiling); at 10 the quick network is far from trained
+    supervised_epochs: int = 30
     probe_train: int = 600
     probe_test: int = 300
     #: overrides applied to every recipe
