@@ -159,26 +159,14 @@ def init_stats(method: str, seeds: list[int], images: int) -> dict:
 
 def ceiling(method: str, seeds: list[int], epochs: int, overrides: list[str]) -> dict:
     """Per seed: the supervised ceiling's linear-probe mIoU, last training loss and minutes."""
-    from densessl.compare import CompareSettings, evaluate_backbone, recipe_config
-    from densessl.eval.supervised import train_supervised
-    from densessl.training.trainer import resolve_precision
+    from densessl.compare import CompareSettings, evaluate_backbone, recipe_config, train_ceiling
 
     out: dict = {}
     for seed in seeds:
         config = recipe_config(method, CompareSettings(), [f"train.seed={seed}", *overrides])
         scenes = resolve_config(synthetic_preset(config.data.source))
         started = time.perf_counter()
-        backbone, trained = train_supervised(
-            initial_backbone(config),
-            scenes,
-            images=config.data.synthetic_length,
-            epochs=epochs,
-            crop_size=config.views[0].crop.size,
-            crop_scale=tuple(config.views[0].crop.scale),
-            batch_size=config.train.batch_size,
-            seed=seed,
-            autocast_dtype=resolve_precision(config.train.precision, torch.device("cpu")),
-        )
+        backbone, trained = train_ceiling(config, scenes, epochs, seed)
         out[seed] = {
             "linear": evaluate_backbone(backbone, scenes, ["linear"])["linear"],
             "final_loss": trained["losses"][-1],

@@ -26,6 +26,7 @@ from typing import Any
 
 from densessl import __version__
 from densessl.compare import PROTOCOLS as COMPARE_PROTOCOLS
+from densessl.compare import CompareSettings
 from densessl.config import config_yaml, did_you_mean, load_config
 from densessl.errors import ConfigError, DensesslError
 from densessl.recipes import quick_methods
@@ -213,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="step times measured elsewhere (benchmarks/step_time.py), instead of timing here",
     )
     p.add_argument(
-        "--supervised-epochs", type=int, default=30, help="epochs of the supervised ceiling (0: none)"
+        "--supervised-epochs",
+        type=int,
+        default=CompareSettings.supervised_epochs,
+        help="epochs of the supervised ceiling (0: none)",
     )
     p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
     p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")
@@ -650,7 +654,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from densessl.compare import CompareSettings, run_compare, split_variant
+    from densessl.compare import run_compare, split_variant
 
     step_ms = {}
     for item in args.step_ms:

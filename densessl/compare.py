@@ -55,6 +55,7 @@ __all__ = [
     "paired_test",
     "run_compare",
     "summarise",
+    "train_ceiling",
 ]
 
 #: protocol -> what it reports (all in percent)
@@ -333,14 +334,39 @@ def _floor_method(methods: Sequence[str]) -> str:
     return "mocov2"
 
 
+def train_ceiling(
+    config: Any, scenes: Any, epochs: int, seed: int, device: str = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """The supervised ceiling of a recipe's ``config``: its backbone, from the weights pre-training
+    would start from, trained with per-pixel cross-entropy on the pre-training scenes, with the
+    first view's crops, the recipe's batch and precision; returns it and the training record."""
+    import torch
+
+    from densessl.demo import initial_backbone
+    from densessl.eval.supervised import train_supervised
+    from densessl.training.trainer import resolve_precision
+
+    return train_supervised(
+        initial_backbone(config),
+        scenes,
+        images=config.data.synthetic_length,
+        epochs=epochs,
+        crop_size=config.views[0].crop.size,
+        crop_scale=tuple(config.views[0].crop.scale),
+        batch_size=config.train.batch_size,
+        seed=seed,
+        device=device,
+        autocast_dtype=resolve_precision(config.train.precision, torch.device(device)),
+    )
+
+
 def _one_run(
     name: str, seed: int, settings: CompareSettings, plan: dict[str, dict[str, float]], out: Path
 ) -> dict[str, Any]:
     from densessl.data.synthetic import resolve_config
     from densessl.demo import initial_backbone, synthetic_preset
-    from densessl.eval.supervised import train_supervised
     from densessl.export import load_backbone
-    from densessl.training.trainer import Trainer, resolve_precision
+    from densessl.training.trainer import Trainer
 
     device = settings.device or "cpu"
     result_file = out / run_directory_name(name, seed) / "result.json"
@@ -370,20 +396,7 @@ def _one_run(
     if name in (FLOOR, VIT_FLOOR):
         backbone = initial_backbone(config)
     elif name == CEILING:
-        import torch
-
-        backbone, trained = train_supervised(
-            initial_backbone(config),
-            scenes,
-            images=config.data.synthetic_length,
-            epochs=settings.supervised_epochs,
-            crop_size=config.views[0].crop.size,
-            crop_scale=tuple(config.views[0].crop.scale),
-            batch_size=config.train.batch_size,
-            seed=seed,
-            device=device,
-            autocast_dtype=resolve_precision(config.train.precision, torch.device(device)),
-        )
+        backbone, trained = train_ceiling(config, scenes, settings.supervised_epochs, seed, device)
         record["supervised"] = {k: v for k, v in trained.items() if k != "losses"}
         record["supervised"]["final_loss"] = trained["losses"][-1]
     else:
