@@ -486,6 +486,13 @@ def _numbered_run(
         _in_run = False
 
 
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` runs side by side: the cores shared out, at least one."""
+    from densessl.runtime import available_cores
+
+    return max(1, available_cores() // jobs)
+
+
 def _run_all(
     runs: list[tuple[int, str]], settings: CompareSettings, plan: dict[str, dict[str, float]], out: Path
 ) -> list[dict[str, Any]]:
@@ -496,8 +503,6 @@ def _run_all(
     side by side finish sooner than the same two one after the other. A failed run stops the
     comparison with its error once the runs under way end; finished runs stay on disk and are
     read back next time."""
-    from densessl.runtime import available_cores
-
     numbered = [(i, len(runs), seed, name, settings, plan, out) for i, (seed, name) in enumerate(runs, 1)]
     if settings.jobs <= 1:
         return [_numbered_run(*args) for args in numbered]
@@ -505,7 +510,7 @@ def _run_all(
     import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, available_cores() // settings.jobs)
+    threads = threads_per_job(settings.jobs)
     log.info("compare: %d runs at a time, %d CPU thread(s) each", settings.jobs, threads)
     level = logging.getLogger().getEffectiveLevel()
     pool = ProcessPoolExecutor(

@@ -21,8 +21,7 @@ from scipy import stats
 from densessl import compare
 from densessl.cli import main
 from densessl.compare import CompareSettings, describe, markdown_tables, paired_test, run_compare, summarise
-from densessl.runtime import available_cores
-from tests.helpers import TINY
+from tests.helpers import TINY, torch_threads
 
 VALUES = [14.2, 16.9, 13.1, 17.5, 15.0]
 
@@ -126,12 +125,8 @@ def test_runs_side_by_side_give_the_runs_one_after_the_other_give(tmp_path, capl
         "--probe-train", "16", "--probe-test", "8",
     ]  # fmt: skip
     # the serial runs get the threads of a pool's run, so that both sum alike
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, available_cores() // 2))
-    try:
+    with torch_threads(compare.threads_per_job(2)):
         assert main([*args, "--out", str(tmp_path / "serial"), *overrides]) == 0
-    finally:
-        torch.set_num_threads(threads)
     with caplog.at_level("INFO", logger="densessl.compare"):
         assert main([*args, "--jobs", "2", "--out", str(tmp_path / "pool"), *overrides]) == 0
     assert "2 runs at a time" in caplog.text

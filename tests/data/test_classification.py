@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from threadpoolctl import threadpool_limits
 
 from densessl.data.base import DataError
@@ -19,6 +18,7 @@ from densessl.data.classification import (
     write_image_folder_fixture,
     write_voc07_fixture,
 )
+from tests.helpers import torch_threads
 
 STANDARD_ORDER = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -33,11 +33,8 @@ IMAGE_SIZE = 32
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     # tiny problems: thread pools (torch, BLAS) only add start-up and contention on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    with torch_threads(1), threadpool_limits(limits=1):
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

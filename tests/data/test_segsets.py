@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from densessl.data.base import CorruptImageError, DataError
@@ -19,16 +18,15 @@ from densessl.data.segsets import (
     write_cocostuff_fixture,
     write_leopart_voc_fixture,
 )
+from tests.helpers import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # These tensors are tiny; on a loaded 2-core machine a second intra-op thread only adds
     # spin-waiting (an FCN probe step went from ~4 ms to ~50 ms).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _raw(path) -> tuple[np.ndarray, str]:

@@ -38,11 +38,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from densessl.config import load_config
 from densessl.training.trainer import Trainer
-from tests.helpers import SMALL_RUN
+from tests.helpers import SMALL_RUN, torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests/fixtures/golden_losses.json"
@@ -75,12 +74,8 @@ TIMING = ("images_per_s", "data_wait_fraction")
 def golden_run(method: str, run_dir: Path) -> list[dict[str, float]]:
     """The logged records of the first :data:`STEPS` steps of ``method``, timing left out."""
     config = load_config(RECIPES / f"{method}_synthetic.yaml", [*COMMON, *OVERRIDES[method]])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         Trainer(config, run_dir).fit()
-    finally:
-        torch.set_num_threads(threads)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in record.items() if k not in TIMING} for record in records]
 
