@@ -1,6 +1,6 @@
 """Where the spread of a comparison over pre-training seeds comes from.
 
-Four measurements behind the README's "Why the seeds spread":
+Five measurements behind the README's "Why the seeds spread":
 
 - ``probe-noise CKPT``: the probe's own sampling. One backbone is probed, as ``densessl compare``
   probes it, on disjoint held-out subsets of the comparison's sizes: five scoring sets of
@@ -19,7 +19,13 @@ Four measurements behind the README's "Why the seeds spread":
 - ``ceiling``: the supervised ceiling of ``densessl compare`` (per-pixel cross-entropy from the
   initial weights of each seed, then the linear probe) for the quick recipe with overrides, so a
   change of the network or of the ceiling's length is judged on how far the seeds' ceilings spread
-  without pre-training anything.
+  without pre-training anything; ``--classifier-seeds`` varies the classifier's initial weights
+  alone, the backbone's staying the seed's.
+- ``swap``: which part of the initial weights sets a run. Each seed is pre-trained as
+  ``densessl compare`` trains it (quick recipe, ``--epochs``), except that the backbone's initial
+  weights, and only those, are drawn from a donor seed; the heads, queues and every later draw
+  (data order, augmentations) stay the seed's own. A donor equal to the seed repeats the
+  comparison's run exactly. Then the linear probe and retrieval, as the comparison scores them.
 
 Each ends with one JSON line. Usage::
 
@@ -27,14 +33,20 @@ Each ends with one JSON line. Usage::
     python benchmarks/seed_spread.py colour runs/compare/mocov2_seed*/pretrain/checkpoints/last.pt
     python benchmarks/seed_spread.py init-stats --method mocov2 --seeds 0 1 2 3 4
     python benchmarks/seed_spread.py ceiling --seeds 0 1 --epochs 10 model.width=0.25
+    python benchmarks/seed_spread.py ceiling --seeds 0 1 --classifier-seeds 0 1 2
+    python benchmarks/seed_spread.py swap --seeds 0 1 --donors 0 1 --epochs 13 --out runs/swap
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +60,7 @@ from densessl.demo import initial_backbone, quick_config_path, synthetic_preset
 from densessl.eval.retrieval import evaluate_nn
 from densessl.eval.segmentation import extract_features, probe_features
 from densessl.export import load_backbone
+from densessl.training.trainer import build_initial_model, build_model, seed_everything
 
 
 def probe_noise(checkpoint: str, preset: str, train: int, test: int) -> dict:
@@ -157,25 +170,107 @@ def init_stats(method: str, seeds: list[int], images: int) -> dict:
     return out
 
 
-def ceiling(method: str, seeds: list[int], epochs: int, overrides: list[str]) -> dict:
-    """Per seed: the supervised ceiling's linear-probe mIoU, last training loss and minutes."""
+def ceiling(
+    method: str,
+    seeds: list[int],
+    epochs: int,
+    overrides: list[str],
+    classifier_seeds: list[int] | None = None,
+) -> dict:
+    """Per seed: the supervised ceiling's linear-probe mIoU, last training loss and minutes. With
+    ``classifier_seeds``, per seed and classifier seed: the random state is reset to the classifier
+    seed once the backbone is built, so that only the 1x1 classifier's initial weights change."""
+    import densessl.demo
     from densessl.compare import CompareSettings, evaluate_backbone, recipe_config, train_ceiling
+
+    build = densessl.demo.initial_backbone
+
+    def then_reseed(classifier_seed: int):
+        def initial_backbone(config):  # noqa: ANN001, ANN202 - the signature of densessl.demo's
+            backbone = build(config)
+            torch.manual_seed(classifier_seed)
+            return backbone
+
+        return initial_backbone
 
     out: dict = {}
     for seed in seeds:
-        config = recipe_config(method, CompareSettings(), [f"train.seed={seed}", *overrides])
-        scenes = resolve_config(synthetic_preset(config.data.source))
-        started = time.perf_counter()
-        backbone, trained = train_ceiling(config, scenes, epochs, seed)
-        out[seed] = {
-            "linear": evaluate_backbone(backbone, scenes, ["linear"])["linear"],
-            "final_loss": trained["losses"][-1],
-            "minutes": (time.perf_counter() - started) / 60,
-        }
-        print(seed, json.dumps(out[seed]), flush=True)
+        for classifier_seed in classifier_seeds or [None]:
+            config = recipe_config(method, CompareSettings(), [f"train.seed={seed}", *overrides])
+            scenes = resolve_config(synthetic_preset(config.data.source))
+            started = time.perf_counter()
+            if classifier_seed is not None:
+                densessl.demo.initial_backbone = then_reseed(classifier_seed)
+            try:
+                backbone, trained = train_ceiling(config, scenes, epochs, seed)
+            finally:
+                densessl.demo.initial_backbone = build
+            key = seed if classifier_seed is None else f"{seed}_classifier{classifier_seed}"
+            out[key] = {
+                "linear": evaluate_backbone(backbone, scenes, ["linear"])["linear"],
+                "final_loss": trained["losses"][-1],
+                "minutes": (time.perf_counter() - started) / 60,
+            }
+            print(key, json.dumps(out[key]), flush=True)
     scores = [row["linear"] for row in out.values()]
     out["mean"] = statistics.fmean(scores)
     out["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return out
+
+
+def outer_backbones(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The backbones inside a method by name (a query encoder's and its momentum copy's), without
+    the modules nested in them."""
+    from densessl.models.backbones import ResNetBackbone
+    from densessl.models.vit import ViTBackbone
+
+    found: dict[str, torch.nn.Module] = {}
+    for name, sub in module.named_modules():
+        inside = any(name.startswith(f"{outer}.") for outer in found)
+        if isinstance(sub, (ResNetBackbone, ViTBackbone)) and not inside:
+            found[name] = sub
+    return found
+
+
+def initial_model_with_backbone_of(config: Any, donor: int) -> torch.nn.Module:
+    """The method as a run of ``config`` starts, except that its backbones' initial weights are
+    those ``train.seed=donor`` would draw; the random state afterwards is the run's own, so the
+    data order and augmentations do not change."""
+    method = build_initial_model(config)
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    seed_everything(donor)
+    donor_backbones = outer_backbones(build_model(config))
+    for name, backbone in outer_backbones(method).items():
+        backbone.load_state_dict(donor_backbones[name].state_dict())
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    return method
+
+
+def swap(method: str, seeds: list[int], donors: list[int], epochs: int, out_dir: str) -> dict:
+    """Per seed and donor: the run of ``seed`` whose backbone starts from the weights of ``donor``."""
+    from densessl.compare import CompareSettings, evaluate_backbone, recipe_config
+    from densessl.training import trainer as trainer_module
+
+    scenes = resolve_config("easy")
+    out: dict = {}
+    for seed in seeds:
+        for donor in donors:
+            config = recipe_config(
+                method, CompareSettings(), [f"train.seed={seed}", f"train.epochs={epochs}"]
+            )
+            # the trainer builds its own model: hand it the swapped one
+            trainer_module.build_initial_model = partial(initial_model_with_backbone_of, donor=donor)
+            try:
+                run = Path(out_dir) / f"{method}_seed{seed}_backbone{donor}"
+                summary = trainer_module.Trainer(config, run, resume="auto-or-new").fit()
+            finally:
+                trainer_module.build_initial_model = build_initial_model
+            backbone = load_backbone(summary["checkpoint"]).eval()
+            row = evaluate_backbone(backbone, scenes, ["linear", "nn"])
+            out[f"seed{seed}_backbone{donor}"] = row
+            print(seed, donor, json.dumps(row), flush=True)
     return out
 
 
@@ -200,7 +295,16 @@ def main() -> None:
     p.add_argument("--method", default="mocov2", help="whose quick recipe gives the network and crops")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--classifier-seeds", type=int, nargs="+", help="draw the classifier's initial weights from each"
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the quick recipe")
+    p = sub.add_parser("swap")
+    p.add_argument("--method", default="mocov2")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the heads and data")
+    p.add_argument("--donors", type=int, nargs="+", default=[0, 1], help="seeds of the backbone")
+    p.add_argument("--epochs", type=int, default=13, help="13: MoCo-v2 in the verdict's plan")
+    p.add_argument("--out", default="runs/swap", help="where the pre-training runs go")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -210,8 +314,10 @@ def main() -> None:
         result = colour_dependence(args.checkpoints, args.images)
     elif args.command == "init-stats":
         result = init_stats(args.method, args.seeds, args.images)
+    elif args.command == "ceiling":
+        result = ceiling(args.method, args.seeds, args.epochs, args.overrides, args.classifier_seeds)
     else:
-        result = ceiling(args.method, args.seeds, args.epochs, args.overrides)
+        result = swap(args.method, args.seeds, args.donors, args.epochs, args.out)
     print(json.dumps({"command": args.command, "seconds": time.perf_counter() - started, "result": result}))
 
 
