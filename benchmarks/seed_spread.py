@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from densessl.demo import initial_backbone, quick_config_path, synthetic_preset
 from densessl.eval.retrieval import evaluate_nn
 from densessl.eval.segmentation import extract_features, probe_features
 from densessl.export import load_backbone
+from densessl.training.checkpoint import restore_rng_state, rng_state
 from densessl.training.trainer import build_initial_model, build_model, seed_everything
 
 
@@ -170,6 +171,14 @@ def init_stats(method: str, seeds: list[int], images: int) -> dict:
     return out
 
 
+def initial_backbone_then_reseed(config: Any, classifier_seed: int) -> torch.nn.Module:
+    """The backbone a run of ``config`` starts from, then the random state reset to
+    ``classifier_seed``, so that what is drawn next (the ceiling's classifier) follows that seed."""
+    backbone = initial_backbone(config)
+    torch.manual_seed(classifier_seed)
+    return backbone
+
+
 def ceiling(
     method: str,
     seeds: list[int],
@@ -178,20 +187,9 @@ def ceiling(
     classifier_seeds: list[int] | None = None,
 ) -> dict:
     """Per seed: the supervised ceiling's linear-probe mIoU, last training loss and minutes. With
-    ``classifier_seeds``, per seed and classifier seed: the random state is reset to the classifier
-    seed once the backbone is built, so that only the 1x1 classifier's initial weights change."""
-    import densessl.demo
+    ``classifier_seeds``, per seed and classifier seed: only the 1x1 classifier's initial weights
+    follow the classifier seed (:func:`initial_backbone_then_reseed`)."""
     from densessl.compare import CompareSettings, evaluate_backbone, recipe_config, train_ceiling
-
-    build = densessl.demo.initial_backbone
-
-    def then_reseed(classifier_seed: int):
-        def initial_backbone(config):  # noqa: ANN001, ANN202 - the signature of densessl.demo's
-            backbone = build(config)
-            torch.manual_seed(classifier_seed)
-            return backbone
-
-        return initial_backbone
 
     out: dict = {}
     for seed in seeds:
@@ -199,12 +197,12 @@ def ceiling(
             config = recipe_config(method, CompareSettings(), [f"train.seed={seed}", *overrides])
             scenes = resolve_config(synthetic_preset(config.data.source))
             started = time.perf_counter()
+            build = initial_backbone
             if classifier_seed is not None:
-                densessl.demo.initial_backbone = then_reseed(classifier_seed)
-            try:
+                build = partial(initial_backbone_then_reseed, classifier_seed=classifier_seed)
+            # train_ceiling builds its own backbone: hand it this builder
+            with mock.patch("densessl.demo.initial_backbone", build):
                 backbone, trained = train_ceiling(config, scenes, epochs, seed)
-            finally:
-                densessl.demo.initial_backbone = build
             key = seed if classifier_seed is None else f"{seed}_classifier{classifier_seed}"
             out[key] = {
                 "linear": evaluate_backbone(backbone, scenes, ["linear"])["linear"],
@@ -237,21 +235,19 @@ def initial_model_with_backbone_of(config: Any, donor: int) -> torch.nn.Module:
     those ``train.seed=donor`` would draw; the random state afterwards is the run's own, so the
     data order and augmentations do not change."""
     method = build_initial_model(config)
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    state = rng_state()
     seed_everything(donor)
     donor_backbones = outer_backbones(build_model(config))
     for name, backbone in outer_backbones(method).items():
         backbone.load_state_dict(donor_backbones[name].state_dict())
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
+    restore_rng_state(state)
     return method
 
 
 def swap(method: str, seeds: list[int], donors: list[int], epochs: int, out_dir: str) -> dict:
     """Per seed and donor: the run of ``seed`` whose backbone starts from the weights of ``donor``."""
     from densessl.compare import CompareSettings, evaluate_backbone, recipe_config
-    from densessl.training import trainer as trainer_module
+    from densessl.training.trainer import Trainer
 
     scenes = resolve_config("easy")
     out: dict = {}
@@ -260,13 +256,11 @@ def swap(method: str, seeds: list[int], donors: list[int], epochs: int, out_dir:
             config = recipe_config(
                 method, CompareSettings(), [f"train.seed={seed}", f"train.epochs={epochs}"]
             )
+            run = Path(out_dir) / f"{method}_seed{seed}_backbone{donor}"
             # the trainer builds its own model: hand it the swapped one
-            trainer_module.build_initial_model = partial(initial_model_with_backbone_of, donor=donor)
-            try:
-                run = Path(out_dir) / f"{method}_seed{seed}_backbone{donor}"
-                summary = trainer_module.Trainer(config, run, resume="auto-or-new").fit()
-            finally:
-                trainer_module.build_initial_model = build_initial_model
+            swapped = partial(initial_model_with_backbone_of, donor=donor)
+            with mock.patch("densessl.training.trainer.build_initial_model", swapped):
+                summary = Trainer(config, run, resume="auto-or-new").fit()
             backbone = load_backbone(summary["checkpoint"]).eval()
             row = evaluate_backbone(backbone, scenes, ["linear", "nn"])
             out[f"seed{seed}_backbone{donor}"] = row
