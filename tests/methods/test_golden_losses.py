@@ -60,9 +60,10 @@ COMMON = [
     "views.*.photometric.hue=0.1",
 ]
 OVERRIDES = {
-    # the key momentum the quick recipes had when the numbers were pinned (a recipe's value, as the hue)
-    "mocov2": ["method.queue_size=32", "optim.lr=0.01", "method.momentum=0.99"],
-    "densecl": ["method.queue_size=32", "optim.lr=0.01", "method.momentum=0.99"],
+    # the key momentum and warm-up the quick recipes had when the numbers were pinned (a recipe's
+    # values, as the hue)
+    "mocov2": ["method.queue_size=32", "optim.lr=0.01", "method.momentum=0.99", "optim.warmup_epochs=0.5"],
+    "densecl": ["method.queue_size=32", "optim.lr=0.01", "method.momentum=0.99", "optim.warmup_epochs=0.5"],
     "slotcon": ["method.num_prototypes=8", "method.hidden_dim=16"],
     # 48 px crops keep the recipe's 6x6 token grid (its groupings need a multiple of 6)
     "mgc": ["model.depth=1", "method.hidden_dim=16", "views.*.crop.size=48"],
