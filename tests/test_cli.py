@@ -170,7 +170,7 @@ def test_recipes_lists_every_shipped_recipe_on_one_line(capsys):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == recipe_names()
     assert rows["slotcon/imagenet_r50_100ep"][1:] == ["slotcon", "resnet50", "100", "512"]
-    assert rows["quick/densecl_synthetic"][-2:] == ["40", "128"] and "width" in lines[8] + "".join(lines)
+    assert rows["quick/densecl_synthetic"][-2:] == ["10", "128"] and "width" in lines[8] + "".join(lines)
 
 
 def test_pretrain_takes_a_recipe_name_and_ends_with_a_summary_then_the_json_line(
