@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=CompareSettings.supervised_epochs,
         help="epochs of the supervised ceiling (0: none)",
     )
+    p.add_argument(
+        "--whole-epochs",
+        action="store_true",
+        help="plan whole epochs (rounded down) instead of steps, as comparisons were planned before "
+        "train.steps: repeats the tables measured so",
+    )
     p.add_argument("--probe-train", type=int, default=600, help="held-out scenes the probes are fitted on")
     p.add_argument("--probe-test", type=int, default=300, help="held-out scenes the probes are scored on")
     p.add_argument(
@@ -687,6 +693,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         protocols=args.protocols,
         step_ms=step_ms,
         supervised_epochs=args.supervised_epochs,
+        whole_epochs=args.whole_epochs,
         probe_train=args.probe_train,
         probe_test=args.probe_test,
         overrides=[*args.overrides, "train.progress=false"] if args.quiet_level > 0 else list(args.overrides),

@@ -1,7 +1,8 @@
 """``densessl compare``: methods x pre-training seeds at equal compute, probed, with statistics.
 
 Each method's quick recipe (the synthetic scenes) is timed on this machine, or given step times
-are used, and its epoch count set so that pre-training fits the same number of minutes. Every
+are used, and its length set in steps so that pre-training fits the same number of minutes (the
+last epoch may end part-way, ``train.steps``; ``whole_epochs`` rounds down to whole epochs). Every
 method is pre-trained once per seed; beside them, for every seed, the **random** floor (the
 backbone exactly as pre-training initialises it) and the **supervised** ceiling (the same backbone
 trained with per-pixel cross-entropy on the labelled pre-training scenes,
@@ -103,8 +104,12 @@ class CompareSettings:
     #: method -> milliseconds per step measured elsewhere, instead of timing here
     step_ms: dict[str, float] = field(default_factory=dict)
     calibration_steps: int = 12
-    #: epochs of the supervised ceiling (0: no ceiling); at 10 the quick network is far from trained
-    supervised_epochs: int = 30
+    #: epochs of the supervised ceiling (0: no ceiling), of the floor recipe's scenes: 8 x 16384
+    #: scenes of the quick ResNet recipes, 1024 steps (at 320 steps the network is far from trained)
+    supervised_epochs: int = 8
+    #: plan whole epochs, rounded down, instead of steps (how budgets were planned before
+    #: ``train.steps``: repeats comparisons measured so)
+    whole_epochs: bool = False
     probe_train: int = 600
     probe_test: int = 300
     #: overrides applied to every recipe
@@ -294,26 +299,40 @@ def _seconds_per_epoch(name: str, out: Path, settings: CompareSettings) -> float
 
 
 def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, float]]:
-    """Epochs per method for ``settings.minutes`` of pre-training (kept in ``plan.json``)."""
+    """Steps (and the epochs they make) per method for ``settings.minutes`` of pre-training, kept
+    in ``plan.json``; with ``settings.whole_epochs`` whole epochs alone, as plans before steps."""
     plan_file = out / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
     for method in settings.methods:
         if method in plan:
             continue
+        config = recipe_config(method, settings)
+        steps_per_epoch = config.data.synthetic_length // config.train.batch_size
         # a variant's own step time, else its method's (an lr does not change a step's cost)
         step_ms = settings.step_ms.get(method, settings.step_ms.get(split_variant(method)[0]))
         if step_ms is not None:
-            config = recipe_config(method, settings)
-            steps = config.data.synthetic_length // config.train.batch_size
-            epoch_s, how = step_ms * steps / 1000, "given step time"
+            epoch_s, how = step_ms * steps_per_epoch / 1000, "given step time"
         else:
             log.info("compare: timing %s for %d steps", method, 2 * settings.calibration_steps)
             epoch_s = _seconds_per_epoch(method, out / f"calibrate_{_folder_safe(method)}", settings)
             how = "timed here"
-        epochs = max(1, math.floor(settings.minutes * 60 / epoch_s))
-        plan[method] = {"seconds_per_epoch": epoch_s, "epochs": epochs, "source": how}
+        # the guard keeps a budget of exactly N steps (1280 x 140.625 ms) from rounding to N - 1
+        steps = max(1, math.floor(settings.minutes * 60 / epoch_s * steps_per_epoch + 1e-6))
+        entry: dict[str, Any] = {"seconds_per_epoch": epoch_s, "source": how}
+        if settings.whole_epochs:
+            entry["epochs"] = max(1, steps // steps_per_epoch)
+        else:
+            entry.update(steps=steps, epochs=round(steps / steps_per_epoch, 4))
+        plan[method] = entry
         plan_file.write_text(json.dumps(plan, indent=2))
-        log.info("compare: %s %.1f s per epoch (%s) -> %d epochs", method, epoch_s, how, epochs)
+        log.info(
+            "compare: %s %.1f s per epoch (%s) -> %s steps, %g epochs",
+            method,
+            epoch_s,
+            how,
+            entry.get("steps", entry["epochs"] * steps_per_epoch),
+            entry["epochs"],
+        )
     return plan
 
 
@@ -382,7 +401,10 @@ def _one_run(
     if settings.init_seed is not None:
         extra.append(f"train.init_seed={settings.init_seed}")
     if name in plan:
-        extra.append(f"train.epochs={plan[name]['epochs']}")
+        # plans written before steps, and whole-epoch plans, hold epochs alone
+        length = plan[name]
+        key = "steps" if "steps" in length else "epochs"
+        extra.append(f"train.{key}={length[key]}")
     config = recipe_config(recipe, settings, extra)
     scenes = resolve_config(synthetic_preset(config.data.source))
     started = time.perf_counter()
@@ -402,7 +424,8 @@ def _one_run(
     else:
         summary = Trainer(config, result_file.parent / "pretrain", resume="auto-or-new").fit()
         backbone = load_backbone(summary["checkpoint"])
-        record["epochs"] = config.train.epochs
+        record["steps"] = summary["total_steps"]
+        record["epochs"] = plan[name]["epochs"] if name in plan else config.train.epochs
         record["final_loss"] = summary.get("last_metrics", {}).get("loss")
     record["train_minutes"] = (time.perf_counter() - started) / 60
     log.info("compare: probing %s seed %d", name, seed)

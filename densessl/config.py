@@ -167,6 +167,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     log_every: int = 10
     tensorboard: bool = True
+    #: the run's length in optimisation steps instead of ``epochs`` whole epochs (unset: epochs x
+    #: steps per epoch): every schedule spans these steps and the last epoch ends part-way, for a
+    #: budget that is not a whole number of epochs (``densessl compare`` at equal compute)
+    steps: int | None = None
     #: stop after this many steps in total (0 = run all epochs); schedules still span all epochs
     max_steps: int = 0
     progress: bool = True
@@ -469,6 +473,8 @@ def _check(config: ExperimentConfig) -> None:
 
     train = config.train
     _require("train.epochs", train.epochs, 1)
+    if train.steps is not None:
+        _require("train.steps", train.steps, 1)
     _require("train.batch_size", train.batch_size, 1)
     _require("train.checkpoint_every", train.checkpoint_every, 1)
     _require("train.checkpoint_every_steps", train.checkpoint_every_steps, 0)

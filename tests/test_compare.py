@@ -97,6 +97,20 @@ def test_a_resumed_comparison_reads_finished_runs_back(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "plan.json").read_text())["mocov2"]["source"] == "given step time"
 
 
+def test_equal_compute_is_planned_in_steps_and_whole_epochs_only_when_asked(tmp_path):
+    # the quick MoCo-family recipes: 16384 scenes in batches of 128, 128 steps per epoch
+    given = {"mocov2": 420.0, "densecl": 500.0, "revisited_moco": 140.625}
+    steps = CompareSettings(methods=list(given), minutes=3, step_ms=given)
+    (tmp_path / "steps").mkdir(), (tmp_path / "whole").mkdir()
+    plan = compare.plan_epochs(steps, tmp_path / "steps")
+    assert {m: plan[m]["steps"] for m in given} == {"mocov2": 428, "densecl": 360, "revisited_moco": 1280}
+    assert plan["densecl"]["epochs"] == 2.8125 and plan["densecl"]["seconds_per_epoch"] == 64.0
+    whole = CompareSettings(methods=list(given), minutes=3, step_ms=given, whole_epochs=True)
+    plan = compare.plan_epochs(whole, tmp_path / "whole")
+    assert {m: plan[m]["epochs"] for m in given} == {"mocov2": 3, "densecl": 2, "revisited_moco": 10}
+    assert not any("steps" in entry for entry in plan.values())
+
+
 def test_the_command_end_to_end(tmp_path, capsys):
     overrides = [o for o in TINY if not o.startswith("method.")]
     code = main(
@@ -176,7 +190,9 @@ def test_a_variant_trains_with_its_overrides_and_is_compared_as_a_method(tmp_pat
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["methods"]) == ["mocov2", variant, "random"]
-    assert summary["plan"][variant]["epochs"] == summary["plan"]["mocov2"]["epochs"]
+    assert summary["plan"][variant]["steps"] == summary["plan"]["mocov2"]["steps"]
+    steps = summary["plan"]["mocov2"]["steps"]  # 0.02 minutes of 100 ms steps
+    assert steps == 12 and {r["steps"] for r in summary["runs"] if r["method"] != "random"} == {steps}
     base = yaml.safe_load((tmp_path / "mocov2_seed1" / "pretrain" / "config.yaml").read_text())
     changed = yaml.safe_load((tmp_path / f"{variant}_seed1" / "pretrain" / "config.yaml").read_text())
     assert (base["optim"]["lr"], base["method"]["temperature"]) == (0.1, 0.2)

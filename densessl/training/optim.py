@@ -123,7 +123,7 @@ class Schedule:
     :class:`~densessl.models.momentum.MomentumSchedule`, per iteration or per epoch.
     """
 
-    def __init__(self, config: OptimConfig, steps_per_epoch: int, epochs: int) -> None:
+    def __init__(self, config: OptimConfig, steps_per_epoch: int, epochs: float) -> None:
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
@@ -142,7 +142,7 @@ class Schedule:
         return end + (cfg.weight_decay - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def momentum(self, step: int, schedule: MomentumSchedule) -> float:
-        total = self.steps_per_epoch * self.epochs
+        total = round(self.steps_per_epoch * self.epochs)
         if schedule.unit == "epoch":
             step -= step % self.steps_per_epoch
         return momentum_at(schedule.kind, schedule.base, step, total)
@@ -156,7 +156,7 @@ class Schedule:
         return lr
 
 
-def lr_at(config: OptimConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+def lr_at(config: OptimConfig, step: int, steps_per_epoch: int, epochs: float) -> float:
     """Learning rate for global iteration ``step``.
 
     Warm-up is linear, from ``lr * warmup_start_factor`` to ``lr`` over ``warmup_epochs``

@@ -19,6 +19,7 @@ What a run promises:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import shutil
@@ -439,10 +440,11 @@ class Trainer:
             run.step,
         )
         run.steps_per_epoch = batches.steps_per_epoch
-        run.total_steps = batches.steps_per_epoch * cfg.train.epochs
+        run.total_steps = cfg.train.steps or batches.steps_per_epoch * cfg.train.epochs
+        batches.epochs = math.ceil(run.total_steps / run.steps_per_epoch)
         max_steps = cfg.train.max_steps
         run.end_step = min(run.total_steps, max_steps) if max_steps else run.total_steps
-        run.schedule = Schedule(cfg.optim, run.steps_per_epoch, cfg.train.epochs)
+        run.schedule = Schedule(cfg.optim, run.steps_per_epoch, run.total_steps / run.steps_per_epoch)
         return DataLoader(
             run.dataset,
             batch_sampler=batches,
@@ -465,7 +467,7 @@ class Trainer:
             f"pretrain {cfg.method.name} ({arch}) on {cfg.data.source}",
             f"  images: {len(run.dataset)}, {len(cfg.views)} views, batch {cfg.train.batch_size} "
             f"({run.per_process} per process x {dist.world_size()})",
-            f"  steps: {run.steps_per_epoch} per epoch x {cfg.train.epochs} epochs = "
+            f"  steps: {run.steps_per_epoch} per epoch x {run.total_steps / run.steps_per_epoch:g} epochs = "
             f"{run.total_steps}{limit}",
             f"  device: {self.device}, precision {run.autocast_dtype or 'fp32'}, "
             f"{torch.get_num_threads()} CPU threads per process",

@@ -17,6 +17,7 @@ from PIL import Image
 from densessl.cli import main
 from densessl.config import load_config
 from densessl.export import export_backbone, torchvision_reference
+from densessl.training.optim import lr_at
 from densessl.training.trainer import Trainer
 from tests.helpers import QUICK, TINY, free_port
 
@@ -61,6 +62,23 @@ def test_a_resume_starts_at_the_checkpoints_step_and_says_so(tmp_path):
     assert log.count("new run") == 1 and log.count("resuming from") == 1
     assert f"resuming from {checkpoint} at step 4" in log
     assert log.index("new run") < log.index("resuming from")
+
+
+def test_a_length_in_steps_ends_part_way_through_an_epoch_with_its_schedule_spanning_it(tmp_path):
+    # TINY: 48 scenes in batches of 8, 6 steps per epoch; 9 steps are an epoch and a half
+    config = load_config(QUICK, [*TINY, "train.steps=9"])
+    summary = Trainer(config, tmp_path / "steps").fit()
+    assert (summary["step"], summary["total_steps"]) == (9, 9)
+    records = [json.loads(line) for line in (tmp_path / "steps" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 10))
+    expected = [lr_at(config.optim, step, 6, 1.5) for step in range(9)]
+    assert [r["lr"] for r in records] == pytest.approx(expected)
+    assert records[-1]["lr"] < 0.1 * max(r["lr"] for r in records), "the cosine nearly ends at step 9"
+    assert Path(summary["checkpoint"]).is_file()
+    # a length of whole epochs in steps is the run of those epochs
+    Trainer(load_config(QUICK, [*TINY, "train.steps=12"]), tmp_path / "whole").fit()
+    Trainer(load_config(QUICK, TINY), tmp_path / "epochs").fit()
+    assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "epochs"), abs=1e-6)
 
 
 def write_folder(root: Path, good: int = 12) -> None:
