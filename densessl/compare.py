@@ -316,7 +316,7 @@ def plan_epochs(settings: CompareSettings, out: Path) -> dict[str, dict[str, flo
             log.info("compare: timing %s for %d steps", method, 2 * settings.calibration_steps)
             epoch_s = _seconds_per_epoch(method, out / f"calibrate_{_folder_safe(method)}", settings)
             how = "timed here"
-        # the guard keeps a budget of exactly N steps (1280 x 140.625 ms) from rounding to N - 1
+        # the guard keeps a budget of exactly N steps whose product lands a hair under N from N - 1
         steps = max(1, math.floor(settings.minutes * 60 / epoch_s * steps_per_epoch + 1e-6))
         entry: dict[str, Any] = {"seconds_per_epoch": epoch_s, "source": how}
         if settings.whole_epochs:
