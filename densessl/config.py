@@ -171,7 +171,8 @@ class TrainConfig:
     #: steps per epoch): every schedule spans these steps and the last epoch ends part-way, for a
     #: budget that is not a whole number of epochs (``densessl compare`` at equal compute)
     steps: int | None = None
-    #: stop after this many steps in total (0 = run all epochs); schedules still span all epochs
+    #: stop after this many steps in total (0 = run to the end); schedules still span the whole run
+    #: (``epochs``, or ``steps``)
     max_steps: int = 0
     progress: bool = True
     #: seconds a process waits for its peers in a collective before the job stops with an error

@@ -101,7 +101,8 @@ def test_equal_compute_is_planned_in_steps_and_whole_epochs_only_when_asked(tmp_
     # the quick MoCo-family recipes: 16384 scenes in batches of 128, 128 steps per epoch
     given = {"mocov2": 420.0, "densecl": 500.0, "revisited_moco": 140.625}
     steps = CompareSettings(methods=list(given), minutes=3, step_ms=given)
-    (tmp_path / "steps").mkdir(), (tmp_path / "whole").mkdir()
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "whole").mkdir()
     plan = compare.plan_epochs(steps, tmp_path / "steps")
     assert {m: plan[m]["steps"] for m in given} == {"mocov2": 428, "densecl": 360, "revisited_moco": 1280}
     assert plan["densecl"]["epochs"] == 2.8125 and plan["densecl"]["seconds_per_epoch"] == 64.0
