@@ -21,7 +21,9 @@ negative logits are computed but before the neighbour search (``enqueue_order: r
 search sees the fresh keys (an image's own key is typically its top neighbour) while the logits it
 indexes are those of the entries the slots held before. ``consistent`` searches first and pushes
 afterwards, as the repository's warm-up script does; ``knn_warmup_epochs`` trains with the MoCo
-term alone for the first epochs.
+term alone for the first epochs. In the released order the share of neighbours found in the slots
+just written is logged (``knn_fresh_share``): it grows with the batch's share of the queue and with
+fewer neighbours, so a small queue or a small top-k leaves more of the term to those older keys.
 
 The backbone queue (2048 x 65536 fp32 for a ResNet-50: 512 MiB) is kept in ``last.pt`` for exact
 resume and left out of epoch copies (:attr:`light_state_exclude`); exports never carry it. The
@@ -80,10 +82,11 @@ class RevisitedMoCo(Method):
     def teacher_momentum(self) -> MomentumSchedule:
         return MomentumSchedule(self.config.momentum_schedule, self.config.momentum)
 
-    def _push(self, keys: torch.Tensor, key_features: torch.Tensor) -> None:
-        """Both queues at the same slots: the gathered keys of every process, in rank order."""
+    def _push(self, keys: torch.Tensor, key_features: torch.Tensor) -> torch.Tensor:
+        """Both queues at the same slots: the gathered keys of every process, in rank order.
+        Returns the slots written."""
         self.queue.push(all_gather(keys))
-        self.backbone_queue.push(all_gather(key_features))
+        return self.backbone_queue.push(all_gather(key_features))
 
     def forward(self, views: Views, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -117,9 +120,15 @@ class RevisitedMoCo(Method):
         else:
             released = cfg.enqueue_order == "released"
             if released:  # the search then sees the current keys in their slots
-                self._push(k, key_features)
+                written = self._push(k, key_features)
             neighbours = nearest_keys(features, self.backbone_queue.keys, cfg.knn_topk)
-            if not released:
+            if released:
+                # neighbours found in the slots just written are positives whose logits belong to
+                # the older keys those slots held: how much of the term that is, as the run goes
+                fresh = torch.zeros(self.queue.size, dtype=torch.bool, device=neighbours.device)
+                fresh[written] = True
+                fresh_share = fresh[neighbours].float().mean()
+            else:
                 self._push(k, key_features)
             # one pass over the queue serves both terms: they share the log-sum-exp of each row
             loss_moco, loss_knn = queue_infonce_and_neighbours(
@@ -133,6 +142,8 @@ class RevisitedMoCo(Method):
             "loss_knn": loss_knn.detach(),
             "momentum": torch.tensor(m),
         }
+        if use_knn and cfg.enqueue_order == "released":
+            out["knn_fresh_share"] = fresh_share
         if accepted is not None:
             # small crops that missed the key after their tries and were drawn freely
             out["small_crop_fallbacks"] = (~accepted).float().mean()

@@ -37,8 +37,8 @@ class NegativeQueue(nn.Module):
         return self.keys.shape[0]
 
     @torch.no_grad()
-    def push(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest entries with ``keys`` (N, dim)."""
+    def push(self, keys: torch.Tensor) -> torch.Tensor:
+        """Overwrite the oldest entries with ``keys`` (N, dim); returns the slots written."""
         n = keys.shape[0]
         if n > self.size:
             keys, n = keys[-self.size :], self.size
@@ -47,3 +47,4 @@ class NegativeQueue(nn.Module):
         # out of place: this step's loss still needs the old entries for its backward pass
         self.keys = self.keys.index_copy(0, index, keys.detach().to(self.keys.dtype))
         self.ptr.fill_((start + n) % self.size)
+        return index

@@ -148,6 +148,24 @@ def test_released_order_finds_each_large_query_its_own_fresh_key():
     assert top.tolist() == list(range(start, start + 4))
 
 
+def test_the_share_of_neighbours_in_just_written_slots_is_logged_in_the_released_order():
+    model = tiny(momentum=0.0)
+    views = multicrop(4)
+    views.images[1] = views.images[0].clone()
+    start = int(model.backbone_queue.ptr)
+    out = model(views, step_at(0))
+    batch, small = 4, views.images[2:]
+    pooled_large, _ = model.encoder_q.forward_pooled(views.images[0])
+    pooled_small, _ = model.encoder_q.forward_pooled(torch.stack(small, 1).flatten(0, 1))
+    feats = torch.cat([pooled_large[:, None], pooled_small.view(batch, len(small), -1)], 1).flatten(0, 1)
+    neighbours = nearest_keys(F.normalize(feats, dim=1), model.backbone_queue.keys, 3)
+    fresh = (neighbours >= start) & (neighbours < start + batch)
+    # each large query's own key is among them: at least 4 of the 20 x 3 neighbours
+    assert int(fresh.sum()) >= 4
+    assert float(out["knn_fresh_share"]) == pytest.approx(float(fresh.float().mean()))
+    assert "knn_fresh_share" not in tiny(enqueue_order="consistent")(multicrop(4), step_at(0))
+
+
 def test_both_queues_are_written_at_the_same_slots():
     model = tiny()
     for step in range(5):  # 5 x 4 keys wrap around the 16 slots
