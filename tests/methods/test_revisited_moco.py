@@ -206,7 +206,7 @@ def test_knn_topk_larger_than_the_queue_is_one_line():
     from densessl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="knn_topk 20 exceeds queue_size 16"):
-        load_config(QUICK, ["method.queue_size=16"])
+        load_config(QUICK, ["method.queue_size=16", "method.knn_topk=20"])
 
 
 # ---------------------------------------------------------------------------------------------
