@@ -113,6 +113,7 @@ class RevisitedMoCo(Method):
         # writing into it, so this tensor keeps them for both terms and their backward pass
         negatives = self.queue.keys
         use_knn = step.epoch >= cfg.knn_warmup_epochs and cfg.knn_weight > 0
+        fresh_share: torch.Tensor | None = None  # the released order's, once the term is on
         if not use_knn:
             loss_moco = queue_infonce(q, positives, negatives, cfg.temperature)
             self._push(k, key_features)
@@ -142,7 +143,7 @@ class RevisitedMoCo(Method):
             "loss_knn": loss_knn.detach(),
             "momentum": torch.tensor(m),
         }
-        if use_knn and cfg.enqueue_order == "released":
+        if fresh_share is not None:
             out["knn_fresh_share"] = fresh_share
         if accepted is not None:
             # small crops that missed the key after their tries and were drawn freely

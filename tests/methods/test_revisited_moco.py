@@ -93,17 +93,21 @@ def test_nearest_keys_are_the_top_cosines():
     assert nearest_keys(query, bank, 1).flatten().tolist() == [7, 2]
 
 
+def query_rows(model: RevisitedMoCo, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised projections and pooled backbone features of every query row, image-major."""
+    batch, small = views.images[0].shape[0], views.images[2:]
+    pooled_large, q_large = model.encoder_q.forward_pooled(views.images[0])
+    pooled_small, q_small = model.encoder_q.forward_pooled(torch.stack(small, 1).flatten(0, 1))
+    q = torch.cat([q_large[:, None], q_small.view(batch, len(small), -1)], 1).flatten(0, 1)
+    feats = torch.cat([pooled_large[:, None], pooled_small.view(batch, len(small), -1)], 1).flatten(0, 1)
+    return F.normalize(q, dim=1), F.normalize(feats, dim=1)
+
+
 def by_hand(model: RevisitedMoCo, views: Views, step: Step, order: str) -> tuple[float, float]:
     """MoCo and neighbour terms recomputed from the model's parts, with the given enqueue order."""
     cfg = model.config
     batch, small = views.images[0].shape[0], views.images[2:]
-    pooled_large, q_large = model.encoder_q.forward_pooled(views.images[0])
-    pooled_small, q_small = model.encoder_q.forward_pooled(torch.stack(small, 1).flatten(0, 1))
-    q = F.normalize(
-        torch.cat([q_large[:, None], q_small.view(batch, len(small), -1)], 1).flatten(0, 1), dim=1
-    )
-    feats = torch.cat([pooled_large[:, None], pooled_small.view(batch, len(small), -1)], 1).flatten(0, 1)
-    feats = F.normalize(feats, dim=1)
+    q, feats = query_rows(model, views)
     with torch.no_grad():
         from densessl.models.momentum import ema_update
 
@@ -154,11 +158,8 @@ def test_the_share_of_neighbours_in_just_written_slots_is_logged_in_the_released
     views.images[1] = views.images[0].clone()
     start = int(model.backbone_queue.ptr)
     out = model(views, step_at(0))
-    batch, small = 4, views.images[2:]
-    pooled_large, _ = model.encoder_q.forward_pooled(views.images[0])
-    pooled_small, _ = model.encoder_q.forward_pooled(torch.stack(small, 1).flatten(0, 1))
-    feats = torch.cat([pooled_large[:, None], pooled_small.view(batch, len(small), -1)], 1).flatten(0, 1)
-    neighbours = nearest_keys(F.normalize(feats, dim=1), model.backbone_queue.keys, 3)
+    batch = 4
+    neighbours = nearest_keys(query_rows(model, views)[1], model.backbone_queue.keys, 3)
     fresh = (neighbours >= start) & (neighbours < start + batch)
     # each large query's own key is among them: at least 4 of the 20 x 3 neighbours
     assert int(fresh.sum()) >= 4
