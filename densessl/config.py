@@ -614,6 +614,17 @@ def _resolve_base(base: Any, including: Path) -> Path:
     )
 
 
+def _unshared(node: Any) -> Any:
+    """``node`` with every mapping and list copied once per place it appears: YAML anchors and
+    aliases (``- *small``) load as one shared object, and an override addressed to one list
+    element (``views.2.crop.size=32``) must not reach the others."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
+
+
 def load_recipe_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The plain data of the recipe file at ``path`` with its ``base:`` chain merged in."""
     path = Path(path)
@@ -624,7 +635,7 @@ def load_recipe_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _unshared(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

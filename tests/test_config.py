@@ -171,6 +171,16 @@ def test_overrides_apply_to_nested_keys_lists_and_all_views():
     assert config.views[0].crop.scale == (0.5, 1.0)
 
 
+def test_an_override_of_one_aliased_view_leaves_the_others():
+    # the revisited MoCo's recipe writes its query's pipeline once and its small crops as aliases
+    recipe = "quick/revisited_moco_synthetic"
+    assert load_config(recipe).views[2].photometric.p == (0.5, 0.5)
+    config = load_config(recipe, ["views.0.photometric.p=[0.0, 1.0]", "views.3.crop.size=32"])
+    assert config.views[0].photometric.p == (0.0, 1.0)
+    assert [v.photometric.p for v in config.views[2:]] == [(0.5, 0.5)] * 4
+    assert [v.crop.size for v in config.views] == [40, 40, 24, 32, 24, 24]
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
