@@ -638,6 +638,8 @@ def load_recipe_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
         data = _unshared(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: a YAML alias is used inside its own anchor") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
     if "base" not in data:

@@ -181,6 +181,13 @@ def test_an_override_of_one_aliased_view_leaves_the_others():
     assert [v.crop.size for v in config.views] == [40, 40, 24, 32, 24, 24]
 
 
+def test_an_alias_inside_its_own_anchor_is_a_config_error(tmp_path: Path):
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text("views: &loop\n  - *loop\n")
+    with pytest.raises(ConfigError, match="alias is used inside its own anchor"):
+        load_config(recipe)
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
