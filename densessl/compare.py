@@ -31,6 +31,7 @@ the ranking is measured the same way as a method's (same seeds, paired tests).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -84,9 +85,21 @@ def split_variant(name: str) -> tuple[str, list[str]]:
     return method, overrides
 
 
+#: the longest folder name a variant keeps whole (file systems allow 255 bytes, less the
+#: ``calibrate_`` and ``_seedN`` around it)
+MAX_FOLDER_BYTES = 200
+
+
 def _folder_safe(name: str) -> str:
-    """``name`` with path separators and colons (``synthetic:medium``) made safe for a folder."""
-    return name.replace("/", "-").replace(":", "-")
+    """``name`` with path separators and colons (``synthetic:medium``) made safe for a folder;
+    a variant too long for one (several overrides of whole pipelines) keeps its start and a hash
+    of the whole, the same on every resume."""
+    safe = name.replace("/", "-").replace(":", "-")
+    if len(safe.encode()) <= MAX_FOLDER_BYTES:
+        return safe
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    start = safe.encode()[: MAX_FOLDER_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{start}~{digest}"
 
 
 def run_directory_name(name: str, seed: int) -> str:

@@ -178,6 +178,18 @@ def test_a_variant_is_its_method_with_overrides():
     )
 
 
+def test_a_variant_too_long_for_a_folder_name_keeps_its_start_and_a_hash(tmp_path):
+    pipeline = "[{autoaugment: imagenet}, {jitter_p: 1.0, hue: 0.5, grayscale_p: 0.0, blur_p: 0.0}]"
+    long = "revisited_moco" + "".join(f"@views.{i}.photometric.choice.0={pipeline}" for i in (0, 2, 3, 4, 5))
+    other = long.replace("hue: 0.5", "hue: 0.4")
+    folder = compare.run_directory_name(long, 1)
+    assert len(folder.encode()) <= 255 and folder.startswith("revisited_moco@views.0.photometric")
+    assert folder == compare.run_directory_name(long, 1)  # the same folder on resume
+    assert folder != compare.run_directory_name(other, 1)  # only the hash tells them apart
+    (tmp_path / folder).mkdir()
+    (tmp_path / f"calibrate_{compare._folder_safe(long)}").mkdir()
+
+
 def test_a_variant_trains_with_its_overrides_and_is_compared_as_a_method(tmp_path):
     overrides = [o for o in TINY if not o.startswith("method.")]
     variant = "mocov2@optim.lr=0.5@method.temperature=0.5"
