@@ -13,8 +13,9 @@ mIoU, mean of 3 probe seeds), ``nn`` (nearest-neighbour retrieval mIoU), ``clust
 with K = classes, Hungarian matching, mIoU), and the global ones, ``svm`` (presence mAP) and
 ``knn`` (largest-object top-1), all in percent.
 
-Per method and protocol the summary gives the mean, the standard deviation over seeds and a 95%
-interval (Student's t with n - 1 degrees of freedom); each pair of methods gets a paired t-test
+Per method and protocol the summary gives the mean, the standard deviation over seeds, a 95%
+interval of the mean (Student's t with n - 1 degrees of freedom) and one of the standard
+deviation (chi-square with n - 1); each pair of methods gets a paired t-test
 over their common seeds (the same seed gives both the same initial weights and data order).
 ``gap_closed`` is ``(method - random) / (supervised - random)``. Results land in ``--out``:
 one ``result.json`` per run (a comparison that stopped resumes where it stopped: finished runs
@@ -147,7 +148,12 @@ def recipe_config(name: str, settings: CompareSettings, extra: Sequence[str] = (
 
 # -- statistics -----------------------------------------------------------------------------------
 def describe(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean, sample standard deviation and the two-sided Student-t interval of the mean."""
+    """Mean, sample standard deviation, the two-sided Student-t interval of the mean and the
+    chi-square interval of the standard deviation (``std_low``, ``std_high``).
+
+    The second says how well a few seeds pin a spread down: five seeds with a standard deviation
+    of 1.0 leave the true one anywhere in 0.60-2.87 at 95%, so one such spread over or under a
+    threshold decides little on its own."""
     from scipy import stats
 
     n = len(values)
@@ -157,8 +163,20 @@ def describe(values: Sequence[float], confidence: float = 0.95) -> dict[str, flo
     if n == 1:
         return {"n": 1, "mean": mean, "std": 0.0, "ci_low": mean, "ci_high": mean}
     std = float(statistics.stdev(values))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+    tail = (1 - confidence) / 2
+    half = float(stats.t.ppf(1 - tail, n - 1)) * std / math.sqrt(n)
+    # (n - 1) s^2 / sigma^2 follows chi-square with n - 1 degrees of freedom
+    std_low = std * math.sqrt((n - 1) / float(stats.chi2.ppf(1 - tail, n - 1)))
+    std_high = std * math.sqrt((n - 1) / float(stats.chi2.ppf(tail, n - 1)))
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "std_low": std_low,
+        "std_high": std_high,
+    }
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -215,7 +233,8 @@ def summarise(results: list[dict[str, Any]], protocols: Sequence[str]) -> dict[s
 
 
 def markdown_tables(summary: dict[str, Any], protocols: Sequence[str]) -> str:
-    """The per-method table (mean ± std [95% interval], gap closed) and the pairwise tests."""
+    """The per-method table (mean ± std [95% interval], gap closed), the spreads with their
+    intervals and the pairwise tests."""
     head = "| method | " + " | ".join(PROTOCOLS[p] for p in protocols) + " |"
     lines = [head, "|---" * (len(protocols) + 1) + "|"]
     for method, cells in summary["methods"].items():
@@ -230,6 +249,15 @@ def markdown_tables(summary: dict[str, Any], protocols: Sequence[str]) -> str:
                 text += f" ({round(100 * c['gap_closed'])}%)"  # an int: never "-0%"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| method | protocol | seeds | std over seeds | its 95% interval |", "|---" * 5 + "|"]
+    for method, cells in summary["methods"].items():
+        for protocol in protocols:
+            c = cells.get(protocol)
+            if c is not None and "std_low" in c:
+                lines.append(
+                    f"| {method} | {PROTOCOLS[protocol]} | {c['n']} | {c['std']:.2f} | "
+                    f"[{c['std_low']:.2f}, {c['std_high']:.2f}] |"
+                )
     lines += ["", "| a | b | protocol | seeds | mean a - b | t | p |", "|---|---|---|---|---|---|---|"]
     for pair in summary["pairs"]:
         if {pair["a"], pair["b"]} & {FLOOR, CEILING, VIT_FLOOR}:

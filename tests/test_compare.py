@@ -35,6 +35,19 @@ def test_describe_matches_scipy():
     assert describe([3.0]) == {"n": 1, "mean": 3.0, "std": 0.0, "ci_low": 3.0, "ci_high": 3.0}
 
 
+def test_the_spread_has_the_chi_square_interval_of_a_standard_deviation():
+    # printed chi-square quantiles, 4 degrees of freedom: 0.4844 (2.5%) and 11.1433 (97.5%)
+    unit = describe([-1.0, -0.5, 0.0, 0.5, 1.0])
+    scale = 1 / unit["std"]
+    assert unit["std_low"] * scale == pytest.approx(math.sqrt(4 / 11.1433), rel=1e-4)
+    assert unit["std_high"] * scale == pytest.approx(math.sqrt(4 / 0.4844), rel=1e-4)
+    d = describe(VALUES)
+    assert d["std_low"] < d["std"] < d["std_high"]
+    # twenty seeds pin a spread down more closely than five
+    wide = describe([v * 1.5 for v in [-1.0, -0.5, 0.0, 0.5, 1.0] * 4])
+    assert wide["std_high"] / wide["std"] < unit["std_high"] / unit["std"]
+
+
 def test_paired_test_matches_scipy_and_is_paired():
     other = [v - 0.5 + 0.1 * i for i, v in enumerate(VALUES)]
     result = paired_test(VALUES, other)
@@ -74,6 +87,7 @@ def test_summary_pairs_common_seeds_and_measures_the_gap_closed():
     table = markdown_tables(summary, ["linear", "knn"])
     assert "| mocov2 | 16.00 ± 1.00 [" in table and "(25%)" in table
     assert "| mocov2 | densecl | linear | 2 | -6.50 |" in table
+    assert "| mocov2 | linear-probe mIoU | 3 | 1.00 | [0.52, 6.28] |" in table, "the spread's interval"
 
 
 def test_a_resumed_comparison_reads_finished_runs_back(tmp_path, monkeypatch):
