@@ -496,10 +496,12 @@ def _orphaned() -> bool:
 def _stop_request(signum: int, frame: Any) -> None:
     """A pool process's SIGINT and SIGTERM outside training (the trainer handles them during it)."""
     global _stopping
-    _stopping = True
+    # a second signal (a scheduler's beside the one passed on) asks for the same stop
+    already, _stopping = _stopping, True
     if _in_run:
-        raise KeyboardInterrupt
-    if _orphaned():  # waiting for a run that no one will send
+        if not already:
+            raise KeyboardInterrupt
+    elif _orphaned():  # waiting for a run that no one will send
         os._exit(130)
 
 
@@ -523,6 +525,10 @@ def _start_job(threads: int, log_level: int) -> None:
     _end_with_parent()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_request)
+    # out of the terminal's process group: a Ctrl-C reaches the comparison alone, which passes it
+    # on once, as it does a ``kill -INT`` or a SIGTERM sent to it alone
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
     # through the environment too, so that the trainer's own thread choice leaves it in place
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -585,14 +591,15 @@ def _run_all(
     )
 
     def stop_runs(signum: int, frame: Any) -> None:
-        # Ctrl-C reaches every process of the terminal's group; a SIGTERM to this one is passed on
+        # the pool's processes have process groups of their own (see _start_job): pass it on
         for child in multiprocessing.active_children():
             with contextlib.suppress(OSError):
                 os.kill(child.pid, signum)
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, stop_runs) if main_thread else None
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, stop_runs) for signum in stops} if main_thread else {}
     try:
         futures = [pool.submit(_numbered_run, *args) for args in numbered]
         return [future.result() for future in futures]
@@ -604,8 +611,8 @@ def _run_all(
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # waits for those saves
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_compare(settings: CompareSettings, out: str | Path) -> dict[str, Any]:

@@ -265,10 +265,14 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"]
+)
 def test_a_stopped_pool_comparison_saves_the_runs_under_way_and_leaves_no_process(tmp_path, stop):
-    # SIGTERM: passed on to the pool, which saves and ends; SIGKILL: the pool's processes learn of
-    # their parent's end from the kernel (PR_SET_PDEATHSIG) and save and end all the same
+    # SIGTERM or SIGINT to the comparison alone (a scheduler, ``kill -INT``; a Ctrl-C reaches no
+    # other process, the pool's being out of the terminal's group): passed on to the pool, which
+    # saves and ends; SIGKILL: the pool's processes learn of their parent's end from the kernel
+    # (PR_SET_PDEATHSIG) and save and end all the same
     overrides = [o for o in TINY if not o.startswith("method.")]
     out = tmp_path / "compare"
     command = [
@@ -290,7 +294,7 @@ def test_a_stopped_pool_comparison_saves_the_runs_under_way_and_leaves_no_proces
     assert workers, "the pool has not started"
     process.send_signal(stop)
     _, err = process.communicate(timeout=120)
-    if stop == signal.SIGTERM:
+    if stop != signal.SIGKILL:
         assert process.returncode == 130, err[-3000:]
         assert "the same command continues the comparison" in err
     else:
@@ -301,6 +305,7 @@ def test_a_stopped_pool_comparison_saves_the_runs_under_way_and_leaves_no_proces
     assert not any(_alive(pid) for pid in workers)
     checkpoint = out / "mocov2_seed0" / "pretrain" / "checkpoints" / "last.pt"
     assert checkpoint.is_file()  # the run under way saved where it was
+    assert not (out / "mocov2_seed0" / "result.json").exists(), "the run under way stopped, unfinished"
     assert not (out / "mocov2_seed2").exists()  # queued, never started
 
 
