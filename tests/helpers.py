@@ -109,6 +109,28 @@ TINY = [
 ]
 
 
+#: overrides that shrink any quick recipe (``densessl/recipes/quick``) to a few seconds' run,
+#: with :data:`METHOD_TINY`'s for the method's own sizes
+QUICK_TINY = [
+    "data.synthetic_length=32",
+    "data.workers=0",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.tensorboard=false",
+    "train.progress=false",
+    "views.*.crop.size=32",
+    "model.width=0.125",
+]
+METHOD_TINY = {
+    "mocov2": ["method.queue_size=16"],
+    "densecl": ["method.queue_size=16"],
+    "slotcon": ["method.num_prototypes=8", "method.hidden_dim=16"],
+    # a one-block ViT; 48 px crops keep the 6x6 token grid its groupings need
+    "mgc": ["model.depth=1", "method.hidden_dim=16", "views.*.crop.size=48"],
+    "revisited_moco": ["method.queue_size=16", "method.knn_topk=4"],
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

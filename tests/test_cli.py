@@ -15,6 +15,7 @@ from densessl import __version__
 from densessl.cli import main, parse_args, pretrain_summary_lines
 from densessl.config import load_config
 from densessl.data.voc import VOCSegmentation
+from tests.helpers import QUICK_TINY
 
 
 def last_json(out: str) -> dict:
@@ -75,17 +76,7 @@ def test_bad_data_spec(capsys):
 
 # --- the command line a newcomer expects -------------------------------------------------------
 
-TINY = [
-    "data.synthetic_length=32",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "views.*.crop.size=32",
-    "model.width=0.125",
-    "method.queue_size=16",
-]
+TINY = [*QUICK_TINY, "method.queue_size=16"]
 
 
 @pytest.fixture

@@ -14,30 +14,13 @@ from densessl.demo import format_table, probe_on_scenes, quick_config_path, run_
 from densessl.eval.segmentation import run_linear_probe
 from densessl.export import load_backbone
 from densessl.recipes import recipe_dir
-
-TINY = [
-    "data.synthetic_length=32",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "views.*.crop.size=32",
-    "model.width=0.125",
-]
-METHOD_TINY = {
-    "densecl": ["method.queue_size=16"],
-    "slotcon": ["method.num_prototypes=8", "method.hidden_dim=16"],
-    # a one-block ViT; 48 px crops keep the 6x6 token grid its groupings need
-    "mgc": ["model.depth=1", "method.hidden_dim=16", "views.*.crop.size=48"],
-    "revisited_moco": ["method.queue_size=16", "method.knn_topk=4"],
-}
+from tests.helpers import METHOD_TINY, QUICK_TINY
 
 
 @pytest.mark.parametrize("method", ["densecl", "slotcon", "mgc", "revisited_moco"])
 def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
     kwargs = {"probe_train": 8, "probe_test": 4, "probe_seeds": (0,), "probe_epochs": 1}
-    summary = run_demo(tmp_path, method, [*TINY, *METHOD_TINY[method]], **kwargs)
+    summary = run_demo(tmp_path, method, [*QUICK_TINY, *METHOD_TINY[method]], **kwargs)
     assert [r["method"] for r in summary["results"]] == [method, "random init"]
     assert summary["pretrain_steps"] == 4
     assert summary["gain_miou"] == pytest.approx(
@@ -45,7 +28,7 @@ def test_demo_pretrains_probes_both_backbones_and_resumes(tmp_path, method):
     )
     assert json.loads((tmp_path / "summary.json").read_text())["method"] == method
     assert "gain over random init" in format_table(summary)
-    again = run_demo(tmp_path, method, [*TINY, *METHOD_TINY[method]], **kwargs)
+    again = run_demo(tmp_path, method, [*QUICK_TINY, *METHOD_TINY[method]], **kwargs)
     assert again["pretrain_steps"] == 4  # resumed the finished run instead of training again
     assert again["results"][1]["miou"] == pytest.approx(summary["results"][1]["miou"])
 
@@ -102,7 +85,7 @@ def test_the_random_floor_is_the_exported_backbone_as_pre_training_starts_it(tmp
     from densessl.demo import initial_backbone
     from densessl.training.trainer import Trainer
 
-    overrides = [*TINY, *METHOD_TINY["mgc"], "train.max_steps=1"]
+    overrides = [*QUICK_TINY, *METHOD_TINY["mgc"], "train.max_steps=1"]
     config = load_config(quick_config_path("mgc"), overrides)
     result = Trainer(config, tmp_path / "run").fit()
     started = load_backbone(result["checkpoint"]).state_dict()

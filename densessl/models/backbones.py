@@ -82,7 +82,7 @@ class ResNetBackbone(tv_resnet.ResNet):
 
     def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the dense map and its global average (B, C)."""
-        dense = self.forward(x)
+        dense = self(x)  # through __call__, so that forward hooks (the collapse monitor's) see it
         return dense, torch.flatten(self.avgpool(dense), 1)
 
 

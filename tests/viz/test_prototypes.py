@@ -23,20 +23,10 @@ from densessl.viz.prototypes import (
     upsampled_assignment,
 )
 from tests.export.helpers import MOCO_VIT, densessl_checkpoint
+from tests.helpers import METHOD_TINY, QUICK_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_SLOTCON = [
-    "data.synthetic_length=32",
-    "data.workers=0",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "views.*.crop.size=32",
-    "model.width=0.125",
-    "method.num_prototypes=8",
-    "method.hidden_dim=16",
-]
+TINY_SLOTCON = [*QUICK_TINY, *METHOD_TINY["slotcon"]]
 
 
 def test_image_score_is_the_mean_cosine_over_the_locations_assigned_to_the_prototype():
