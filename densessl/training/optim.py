@@ -180,13 +180,22 @@ def lr_at(config: OptimConfig, step: int, steps_per_epoch: int, epochs: float) -
     return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def clip_gradients(model: nn.Module, config: OptimConfig) -> float | None:
-    """Clip as configured; returns the global gradient norm before clipping (global mode)."""
-    if config.clip_grad is None:
-        return None
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients, as a tensor on their device (no host sync)."""
+    grads = [p.grad.detach().float() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip_gradients(model: nn.Module, config: OptimConfig) -> torch.Tensor:
+    """Clip as configured; returns the global gradient norm before any clipping, clipped or not:
+    the trainer logs it (``grad_norm``), as a run about to diverge shows it first."""
     params = [p for p in model.parameters() if p.grad is not None]
-    if config.clip_mode == "global":
-        return float(torch.nn.utils.clip_grad_norm_(params, config.clip_grad))
-    for p in params:
-        torch.nn.utils.clip_grad_norm_([p], config.clip_grad)
-    return None
+    if config.clip_grad is not None and config.clip_mode == "global":
+        return torch.nn.utils.clip_grad_norm_(params, config.clip_grad).detach()
+    norm = gradient_norm(params)
+    if config.clip_grad is not None:
+        for p in params:
+            torch.nn.utils.clip_grad_norm_([p], config.clip_grad)
+    return norm

@@ -511,16 +511,19 @@ class Trainer:
         if run.scaler is not None:
             run.scaler.scale(loss).backward()
             run.scaler.unscale_(run.optimizer)
-            clip_gradients(run.method, cfg.optim)
+            grad_norm = clip_gradients(run.method, cfg.optim)
             run.scaler.step(run.optimizer)
             run.scaler.update()
         else:
             loss.backward()
-            clip_gradients(run.method, cfg.optim)
+            grad_norm = clip_gradients(run.method, cfg.optim)
             run.optimizer.step()
         run.step += 1
         run.skipped_total += int(batch["skipped"])
-        return {k: v.detach() for k, v in outputs.items()}, lr
+        logged = {k: v.detach() for k, v in outputs.items()}
+        if torch.isfinite(grad_norm):  # a step the fp16 scaler skips has no gradient to speak of
+            logged["grad_norm"] = grad_norm.detach()
+        return logged, lr
 
     def _log(
         self, run: _Run, outputs: dict[str, torch.Tensor], lr: float, seconds: tuple[float, float], writer

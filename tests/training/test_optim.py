@@ -65,6 +65,23 @@ def test_per_parameter_clipping_bounds_each_gradient():
     for p in model.parameters():
         p.grad = torch.full_like(p, 10.0)
     total = clip_gradients(model, OptimConfig(clip_grad=3.0, clip_mode="global"))
-    assert total == pytest.approx(10.0 * math.sqrt(sum(p.numel() for p in model.parameters())), rel=1e-5)
+    count = sum(p.numel() for p in model.parameters())
+    assert float(total) == pytest.approx(10.0 * math.sqrt(count), rel=1e-5)
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
     assert float(norm) == pytest.approx(3.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("clip_grad, clip_mode", [(None, "global"), (3.0, "global"), (3.0, "per_parameter")])
+def test_clip_gradients_returns_the_norm_before_clipping(clip_grad, clip_mode):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    grads = [torch.tensor([[3.0, 0.0], [0.0, 4.0]]), torch.tensor([12.0, 0.0]), torch.tensor([[0.0, 0.0]])]
+    for p, g in zip(model.parameters(), grads, strict=False):
+        p.grad = g.clone()
+    # the last bias has no gradient (a frozen or unused parameter): left out, not an error
+    norm = clip_gradients(model, OptimConfig(clip_grad=clip_grad, clip_mode=clip_mode))
+    assert float(norm) == pytest.approx(13.0)
+    after = [p.grad for p in model.parameters() if p.grad is not None]
+    if clip_grad is None:
+        assert all(torch.equal(a, g) for a, g in zip(after, grads, strict=True))
+    else:
+        assert all(float(a.norm()) <= 3.0 + 1e-5 for a in after)

@@ -29,6 +29,19 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
+def test_the_logged_gradient_norm_is_the_one_before_clipping(tmp_path):
+    def records(name: str, overrides: list[str]) -> list[dict]:
+        Trainer(load_config(QUICK, [*TINY, "train.max_steps=3", *overrides]), tmp_path / name).fit()
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    free, clipped = records("free", []), records("clipped", ["optim.clip_grad=1e-3"])
+    # the first step's gradients come from the same weights and views either way
+    assert free[0]["grad_norm"] == pytest.approx(clipped[0]["grad_norm"], rel=1e-4)
+    assert free[0]["grad_norm"] > 1e-2
+    # later steps differ: the clipped run barely moved its weights
+    assert free[-1]["loss"] != pytest.approx(clipped[-1]["loss"], rel=1e-6)
+
+
 def test_resumed_run_continues_the_same_numbers(tmp_path):
     full = Trainer(load_config(QUICK, [*TINY, "train.max_steps=8"]), tmp_path / "full").fit()
     assert full["step"] == 8
