@@ -45,6 +45,8 @@ class ModelConfig:
     width: float = 1.0
     #: ResNet: zero-initialised last BN gamma of each residual block
     zero_init_residual: bool = False
+    #: ResNet: how the convolutions' filters are drawn (``orthogonal``: an orthonormal set per layer)
+    conv_init: Literal["kaiming", "orthogonal"] = "kaiming"
     #: ViT: patch size, and the image size its position table is laid out for
     patch_size: int = 16
     img_size: int = 224

@@ -9,6 +9,12 @@ so exporting it needs no renaming. Two additions serve small images:
 - ``width``: a multiplier on every stage's channel count (0.5 gives 32/64/128/256 for
   ResNet-18), for CPU-sized experiments. Parameter names stay torchvision's; only shapes change.
 
+``conv_init="orthogonal"`` draws every convolution's filters as an orthonormal set (rows of the
+flattened ``(out, in * k * k)`` weight, or its columns where the layer has more filters than inputs)
+instead of torchvision's independent Gaussian filters. Behind batch norm only the filters'
+directions matter, and a narrow network's few Gaussian filters can start nearly collinear, which
+leaves it fewer distinct features to grow from.
+
 :func:`build_backbone` builds any backbone (ResNet or ViT) from plain keyword arguments; the
 configuration layer turns its ``model`` section into them
 (:meth:`densessl.config.ModelConfig.backbone_kwargs`), so no model imports the configuration.
@@ -25,6 +31,9 @@ from torchvision.models import resnet as tv_resnet
 
 if TYPE_CHECKING:
     from densessl.models.vit import ViTBackbone
+
+#: how a ResNet's convolutions are drawn: torchvision's Kaiming normal (fan-out) or orthonormal filters
+CONV_INITS = ("kaiming", "orthogonal")
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
@@ -44,12 +53,15 @@ class ResNetBackbone(tv_resnet.ResNet):
         small_input: bool = False,
         width: float = 1.0,
         zero_init_residual: bool = False,
+        conv_init: str = "kaiming",
         norm_layer: Callable[..., nn.Module] | None = None,
     ) -> None:
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown backbone '{arch}'; choose one of {sorted(ARCHITECTURES)}")
         if width <= 0:
             raise ValueError(f"backbone width must be positive, got {width}")
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"unknown conv_init '{conv_init}'; choose one of {list(CONV_INITS)}")
         block, layers = ARCHITECTURES[arch]
         self._width = width
         super().__init__(block, layers, zero_init_residual=zero_init_residual, norm_layer=norm_layer)
@@ -61,6 +73,10 @@ class ResNetBackbone(tv_resnet.ResNet):
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if small_input:
             self.maxpool = nn.Identity()
+        if conv_init == "orthogonal":
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
         del self.fc
         self.arch = arch
         self.small_input = small_input
@@ -96,6 +112,7 @@ def build_backbone(
     small_input: bool = False,
     width: float = 1.0,
     zero_init_residual: bool = False,
+    conv_init: str = "kaiming",
     patch_size: int = 16,
     img_size: int = 224,
     num_heads: int | None = None,
@@ -105,14 +122,18 @@ def build_backbone(
     """Build a backbone by name: a ResNet (:data:`ARCHITECTURES`) or a ViT
     (:data:`~densessl.models.vit.VIT_ARCHITECTURES`).
 
-    ``small_input``, ``width`` and ``zero_init_residual`` shape a ResNet; ``patch_size``,
+    ``small_input``, ``width``, ``zero_init_residual`` and ``conv_init`` shape a ResNet; ``patch_size``,
     ``img_size``, ``num_heads``, ``drop_path_rate`` and ``depth`` a ViT. The other family's arguments are
     ignored, so one set of arguments (a recipe's ``model`` section) describes either, and an
     override such as ``drop_path_rate=0.0`` for a momentum teacher applies to both.
     """
     if arch in ARCHITECTURES:
         return ResNetBackbone(
-            arch, small_input=small_input, width=width, zero_init_residual=zero_init_residual
+            arch,
+            small_input=small_input,
+            width=width,
+            zero_init_residual=zero_init_residual,
+            conv_init=conv_init,
         )
     # timm is imported only for a ViT
     from densessl.models.vit import VIT_ARCHITECTURES, ViTBackbone
