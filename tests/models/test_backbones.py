@@ -57,16 +57,22 @@ def test_model_config_adapter_gives_every_builder_argument():
 
 def test_the_builder_passes_every_argument_on():
     # same seed, same weights as the classes built directly: nothing dropped or defaulted on the way
-    model = ModelConfig(arch="resnet18", small_input=True, width=0.25, zero_init_residual=True)
+    model = ModelConfig(
+        arch="resnet18", small_input=True, width=0.25, zero_init_residual=True, conv_init="orthogonal"
+    )
     torch.manual_seed(0)
     built = build_backbone(**model.backbone_kwargs())
     torch.manual_seed(0)
-    direct = ResNetBackbone("resnet18", small_input=True, width=0.25, zero_init_residual=True)
+    direct = ResNetBackbone(
+        "resnet18", small_input=True, width=0.25, zero_init_residual=True, conv_init="orthogonal"
+    )
     torch.manual_seed(0)
     shim = backbone_from_config(model)
     for other in (direct, shim):
         assert all(torch.equal(v, other.state_dict()[k]) for k, v in built.state_dict().items())
     assert not built.layer1[0].bn2.weight.any()  # zero_init_residual reached torchvision
+    stem = built.conv1.weight.flatten(1)
+    assert torch.allclose(stem @ stem.t(), 2.0 * torch.eye(16), atol=1e-5)  # conv_init reached it
 
     vit = ModelConfig(arch="vit_tiny", patch_size=8, img_size=32, num_heads=4, drop_path_rate=0.2)
     torch.manual_seed(0)
@@ -75,6 +81,34 @@ def test_the_builder_passes_every_argument_on():
     direct = ViTBackbone("vit_tiny", patch_size=8, img_size=32, num_heads=4, drop_path_rate=0.2)
     assert all(torch.equal(v, direct.state_dict()[k]) for k, v in built.state_dict().items())
     assert built.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+
+
+def _gram(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """The Gram matrix of a layer's filters, or of its input weights where it has more filters."""
+    w = conv.weight.detach().flatten(1)
+    return w @ w.t() if w.shape[0] <= w.shape[1] else w.t() @ w
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_orthogonal_init_draws_an_orthonormal_set_per_convolution(arch):
+    torch.manual_seed(0)
+    net = build_backbone(arch, small_input=True, width=0.25, conv_init="orthogonal")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == (20 if arch == "resnet18" else 53)
+    for conv in convs:  # each filter (or input column) of norm sqrt(2), the ReLU gain, at right angles
+        gram = _gram(conv)
+        assert torch.allclose(gram, 2.0 * torch.eye(len(gram)), atol=1e-4)
+    # torchvision's Gaussian filters are not: the 16 stem filters of 27 weights lean on each other
+    torch.manual_seed(0)
+    stem = _gram(build_backbone(arch, small_input=True, width=0.25).conv1)
+    assert (stem - torch.diag(stem.diag())).abs().max() > 0.1 * stem.diag().mean()
+    # batch norm is left as torchvision sets it, and a seed still fixes every weight
+    assert torch.equal(net.bn1.weight, torch.ones(16)) and not net.bn1.bias.any()
+    torch.manual_seed(0)
+    again = build_backbone(arch, small_input=True, width=0.25, conv_init="orthogonal")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match=r"unknown conv_init 'xavier'.*kaiming.*orthogonal"):
+        build_backbone(arch, conv_init="xavier")
 
 
 def test_overrides_build_a_teacher_with_other_arguments():
